@@ -1,0 +1,17 @@
+"""CLI subcommands: one module each, with ``add_parser(subparsers)`` and ``run(args) -> int``.
+
+``add_parser`` creates its parser with ``subparsers.add_parser(NAME, help=..., description=...)``
+and calls ``parser.set_defaults(run=run)``. ``run`` returns the exit code, prints results (it is
+CLI code) and raises ``qgraph.errors.QGraphError`` for anything the user caused.
+"""
+
+COMMANDS = [
+    "compile",
+    "passes",
+    "pipeline",
+    "diff",
+    "export",
+    "validate",
+    "transcribe",
+    "bench",
+]

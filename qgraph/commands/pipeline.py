@@ -1,0 +1,62 @@
+"""``qgraph pipeline show NAME|TEXT`` and ``qgraph pipeline list``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgraph.pipeline import RepeatGroup, expand, parse, to_text
+from qgraph.registry import default_registry
+
+NAME = "pipeline"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        NAME,
+        help="show named pipelines and what a pipeline text expands to",
+        description="'qgraph pipeline list' lists the named pipelines; 'qgraph pipeline show "
+        "SPEC' prints the passes SPEC expands to, one per line, with their options.",
+    )
+    p.add_argument(
+        "action", choices=["show", "list"], help="show: expand SPEC; list: named pipelines"
+    )
+    p.add_argument(
+        "spec",
+        nargs="?",
+        default="default",
+        help="a named pipeline or pipeline text (default: default)",
+    )
+    p.add_argument(
+        "--pass-module",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE.py",
+        help="also load passes from this Python file (repeatable)",
+    )
+    p.set_defaults(run=run)
+
+
+def _print_steps(steps, indent: str = "  ") -> None:
+    for s in steps:
+        if isinstance(s, RepeatGroup):
+            print(f"{indent}repeat<{s.count}>:")
+            _print_steps(s.body, indent + "  ")
+        else:
+            print(f"{indent}{s}")
+
+
+def run(args) -> int:
+    registry = default_registry()
+    for path in args.pass_module:
+        registry.load_pass_module(path)
+    if args.action == "list":
+        for name, named in registry.pipelines.items():
+            print(f"{name}: {named.text}\n    {named.summary}")
+        return 0
+    steps = expand(parse(args.spec, "pipeline"), registry)
+    named = registry.pipelines.get(args.spec)
+    print(f"{args.spec}" + (f": {named.summary}" if named else ""))
+    _print_steps(steps)
+    print(f"as text: {to_text(steps)}")
+    return 0

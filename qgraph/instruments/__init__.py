@@ -1,0 +1,1 @@
+"""Instruments that observe passes from outside: text form, diffs, numeric verification."""

@@ -1,0 +1,237 @@
+"""The pass API: graph passes and bundle passes on top of ``onnx_ir.passes``.
+
+A pass is a class with a ``name``, a one-line docstring summary and typed options::
+
+    class MyPass(GraphPass):
+        '''Mul(x, 1) -> x.'''
+
+        name = "drop-mul-one"
+        category = "hygiene"
+        min_size: int = option(0, "ignore tensors smaller than this")
+
+        def call(self, model: ir.Model) -> ir.passes.PassResult:
+            ...
+            self.count("removed")          # statistics shown by --stats
+            return ir.passes.PassResult(model, modified=...)
+
+Subclasses become keyword-only dataclasses automatically, so ``MyPass(min_size=4)`` works and
+``str(MyPass(min_size=4))`` prints ``drop-mul-one{min_size=4}``. A ``GraphPass`` runs on each
+selected component (``on=[encoder,decoder_step]``; every component by default); a
+``BundlePass`` receives the whole ``Bundle``. ``modified`` must be exact: ``False`` means the
+component is byte-for-byte what it was.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import onnx_ir as ir
+
+from qgraph.errors import PipelineError
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How close a pass's output must stay to its input, as checked by ``--verify-each``.
+
+    ``atol``/``rtol`` bound the elementwise error of every output (``numpy.allclose``); lossy
+    passes may instead (or also) declare a minimum cosine similarity and a minimum top-1
+    agreement over the last axis (for logits).
+    """
+
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    min_cosine: float | None = None
+    min_top1: float | None = None
+    exact: bool = False
+
+
+LOSSLESS = Tolerance()
+
+
+def option(default: Any, help: str, *, choices: tuple | None = None) -> Any:
+    """Declare a pass option: a typed dataclass field with help text for ``qgraph passes``."""
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, list | dict | set):
+        raise TypeError("use a tuple for list-valued option defaults")
+    return dataclasses.field(default=default, metadata=meta)
+
+
+class QPass:
+    """Common part of graph and bundle passes: name, options, ordering, statistics."""
+
+    name: ClassVar[str] = ""
+    category: ClassVar[str] = "misc"
+    """One of hygiene, fusion, bundle, quantization, precision, compression, misc."""
+    tolerance: ClassVar[Tolerance] = LOSSLESS
+    must_follow: ClassVar[tuple[str, ...]] = ()
+    """Pass names or categories that, when in the same pipeline, must run before this one."""
+    reason: ClassVar[str] = ""
+    """Why the ordering constraint exists, quoted in the error."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dataclass(kw_only=True, repr=False)(cls)
+
+    # -- options --------------------------------------------------------------------------------
+    @classmethod
+    def options(cls) -> list[dataclasses.Field]:
+        return [f for f in dataclasses.fields(cls) if "help" in f.metadata]
+
+    @classmethod
+    def option_types(cls) -> dict[str, Any]:
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in cls.options()}
+
+    @classmethod
+    def summary(cls) -> str:
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    @classmethod
+    def from_options(cls, raw: dict[str, str]) -> QPass:
+        """Build the pass from textual option values (``{"block_size": "64"}``)."""
+        types = cls.option_types()
+        kwargs = {}
+        for key, text in raw.items():
+            if key not in types:
+                known = ", ".join(types) or "none"
+                raise PipelineError(f"pass '{cls.name}' has no option '{key}' (options: {known})")
+            kwargs[key] = parse_value(cls.name, key, types[key], text)
+        inst = cls(**kwargs)
+        inst.validate()
+        return inst
+
+    def option_values(self, *, non_default: bool = False) -> dict[str, Any]:
+        out = {}
+        for f in self.options():
+            value = getattr(self, f.name)
+            if non_default and value == f.default:
+                continue
+            out[f.name] = value
+        return out
+
+    def validate(self) -> None:
+        """Check option values; raise PipelineError with the allowed values."""
+        for f in self.options():
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            if choices and any(v not in choices for v in values):
+                allowed = ", ".join(map(str, choices))
+                raise PipelineError(
+                    f"pass '{self.name}': {f.name}={format_value(value)} is not allowed "
+                    f"(choose from {allowed})"
+                )
+
+    def __str__(self) -> str:
+        opts = self.option_values(non_default=True)
+        if not opts:
+            return self.name
+        return self.name + "{" + ",".join(f"{k}={format_value(v)}" for k, v in opts.items()) + "}"
+
+    __repr__ = __str__
+
+    # -- statistics -----------------------------------------------------------------------------
+    @property
+    def stats(self) -> Counter:
+        if "_stats" not in self.__dict__:
+            self.__dict__["_stats"] = Counter()
+        return self.__dict__["_stats"]
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Add to a statistic; keys starting with ``skipped:`` are near-misses with a reason."""
+        self.stats[key] += n
+
+    def reset_stats(self) -> None:
+        self.stats.clear()
+
+
+class GraphPass(QPass, ir.passes.InPlacePass):
+    """A pass that rewrites one component's ``ir.Model`` in place."""
+
+    default_on: ClassVar[tuple[str, ...]] = ()
+    """Components to run on when ``on`` is not given (empty: all)."""
+    on: tuple[str, ...] = option((), "components to run on (default: all, or the pass's own)")
+
+    def targets(self, available: list[str]) -> list[str]:
+        wanted = self.on or self.default_on
+        if not wanted:
+            return list(available)
+        missing = [c for c in self.on if c not in available]
+        if missing:
+            raise PipelineError(
+                f"pass '{self.name}': no component {', '.join(missing)} in this bundle "
+                f"(components: {', '.join(available)})"
+            )
+        return [c for c in available if c in wanted]
+
+
+class BundlePass(QPass, ir.passes.InPlacePass):
+    """A pass that sees the whole bundle (``call(bundle)``): weight sharing, extraction, ...
+
+    ``call`` marks the components it changed with ``self.touch(name)`` (if it reports
+    ``modified`` without touching any, every component counts as changed).
+    """
+
+    @property
+    def touched(self) -> set[str]:
+        return self.__dict__.setdefault("_touched", set())
+
+    def touch(self, component: str) -> None:
+        self.touched.add(component)
+
+    def reset_stats(self) -> None:
+        super().reset_stats()
+        self.touched.clear()
+
+
+# -- option values --------------------------------------------------------------------------------
+def parse_value(pass_name: str, key: str, typ: Any, text: str | list) -> Any:
+    """Convert option text to the option's declared type."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    try:
+        if origin is tuple:
+            items = text if isinstance(text, list) else [text]
+            return tuple(parse_value(pass_name, key, args[0], str(t)) for t in items)
+        if isinstance(text, list):
+            raise ValueError("a list is not allowed here")
+        if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            inner = [a for a in args if a is not type(None)]
+            if text.lower() in ("none", "null"):
+                return None
+            return parse_value(pass_name, key, inner[0], text)
+        if origin is Literal:
+            if text not in [str(a) for a in args]:
+                raise ValueError(f"choose from {', '.join(map(str, args))}")
+            return next(a for a in args if str(a) == text)
+        if typ is bool:
+            low = text.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if typ is int:
+            return int(text)
+        if typ is float:
+            return float(text)
+        if typ is str:
+            return text
+    except ValueError as err:
+        raise PipelineError(
+            f"pass '{pass_name}': bad value {text!r} for option '{key}' ({err})"
+        ) from None
+    raise PipelineError(f"pass '{pass_name}': option '{key}' has unsupported type {typ}")
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ",".join(format_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,158 @@
+"""Writing and reading weights: external data files, aligned for memory mapping, streamed.
+
+``save_models`` writes several models into one external-data file. Each distinct tensor is
+written once: tensors are keyed by their source (the same ``ExternalTensor`` region, or the same
+in-memory object), so components that share a weight share its bytes on disk. Tensors are
+streamed one at a time from their memory-mapped source; no model is ever materialised whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+logger = logging.getLogger(__name__)
+
+INLINE_LIMIT = 1024
+"""Tensors smaller than this many bytes stay inside the .onnx file."""
+ALIGNMENT = 64 * 1024
+"""Large tensors start on a 64 KiB boundary so that ONNX Runtime can memory-map them."""
+SMALL_ALIGNMENT = 64
+
+
+def external_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    """Every tensor of a ModelProto whose data lives in an external file."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    for t in _get_all_tensors(proto):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            yield t
+
+
+def external_locations(model: ir.Model, root: Path) -> set[str]:
+    """Relative paths (to ``root``) of the external-data files a model reads."""
+    out = set()
+    for graph in model.graphs():
+        for v in graph.initializers.values():
+            t = v.const_value
+            if isinstance(t, ir.ExternalTensor):
+                full = Path(os.path.normpath(Path(t.base_dir, t.location).absolute()))
+                try:
+                    out.add(full.relative_to(root.absolute()).as_posix())
+                except ValueError:
+                    continue
+    return out
+
+
+def tensor_key(t: ir.TensorProtocol) -> tuple:
+    """Identity of a tensor's bytes: its file region if external, else the object itself."""
+    if isinstance(t, ir.ExternalTensor):
+        return ("ext", os.path.realpath(t.path), t.offset or 0, t.length, t.dtype, tuple(t.shape))
+    return ("obj", id(t))
+
+
+def write_tensor(f, t: ir.TensorProtocol) -> int:
+    """Stream ``t``'s bytes to ``f``; returns the number of bytes written."""
+    if t.dtype.bitwidth < 8 or t.dtype == ir.DataType.STRING:
+        data = t.tobytes()
+        f.write(data)
+        return len(data)
+    arr = t.numpy()
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    arr = np.ascontiguousarray(arr)
+    buf = arr.reshape(-1).view(np.uint8)
+    step = 64 * 1024 * 1024
+    for start in range(0, buf.size, step):
+        f.write(memoryview(buf[start : start + step]))
+    return int(buf.size)
+
+
+class _HashingWriter:
+    """A file wrapper that tracks position and sha256 of everything written."""
+
+    def __init__(self, f) -> None:
+        self.f, self.pos, self.sha = f, 0, hashlib.sha256()
+
+    def write(self, data) -> None:
+        self.f.write(data)
+        self.sha.update(data)
+        self.pos += len(data)
+
+    def pad_to(self, alignment: int) -> None:
+        pad = (-self.pos) % alignment
+        if pad:
+            self.write(b"\0" * pad)
+
+
+def save_models(
+    models: dict[str, ir.Model], root: Path, data_name: str
+) -> dict[str, dict[str, Any]]:
+    """Save ``{relative .onnx path: model}`` under ``root`` with weights in ``root/data_name``.
+
+    Returns ``{relative path: {"sha256", "bytes"}}`` for every file written. The models are left
+    unchanged (their initializers are swapped for external references only while serialising).
+    """
+    written: dict[tuple, tuple[int, int]] = {}
+    hashes: dict[str, dict[str, Any]] = {}
+    data_path = root / data_name
+    data_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(data_path, "wb") as raw:
+        f = _HashingWriter(raw)
+        for rel, model in models.items():
+            onnx_path = root / rel
+            onnx_path.parent.mkdir(parents=True, exist_ok=True)
+            location = os.path.relpath(data_path, onnx_path.parent)
+            swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+            try:
+                for graph in model.graphs():
+                    for value in graph.initializers.values():
+                        t = value.const_value
+                        if t is None or t.nbytes < INLINE_LIMIT:
+                            continue
+                        key = tensor_key(t)
+                        if key not in written:
+                            f.pad_to(ALIGNMENT if t.nbytes >= ALIGNMENT else SMALL_ALIGNMENT)
+                            offset = f.pos
+                            written[key] = (offset, write_tensor(f, t))
+                        offset, length = written[key]
+                        swapped.append((value, t))
+                        value.const_value = ir.ExternalTensor(
+                            location,
+                            offset,
+                            length,
+                            t.dtype,
+                            shape=t.shape,
+                            name=t.name or value.name,
+                            base_dir=onnx_path.parent,
+                        )
+                proto = ir.serde.serialize_model(model)
+            finally:
+                for value, t in swapped:
+                    value.const_value = t
+            data = proto.SerializeToString()
+            onnx_path.write_bytes(data)
+            hashes[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+            del proto
+    if f.pos == 0:
+        data_path.unlink()
+    else:
+        hashes[data_name] = {"sha256": f.sha.hexdigest(), "bytes": f.pos}
+    return hashes
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """sha256 and size of a file, read in chunks."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(8 * 1024 * 1024), b""):
+            sha.update(chunk)
+    return {"sha256": sha.hexdigest(), "bytes": path.stat().st_size}
