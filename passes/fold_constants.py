@@ -1,8 +1,10 @@
-"""Node(constant inputs) -> constant; Transpose(W) of a single-use weight -> W^T initializer.
+"""Node(constant inputs) -> initializer; Transpose(W) of a single-use weight -> W^T initializer.
 
 Wraps onnxscript's constant folder (``onnxscript.optimizer.FoldConstantsPass``): evaluates
 nodes whose inputs are all constants, propagates shapes to turn ``Shape``-derived values into
-constants where they are static, and replaces the results by initializers.
+constants where they are static, and replaces the results by initializers. Then, as onnxscript's
+own optimizer does, it drops the nodes that folding left unused and lifts ``Constant`` nodes of
+more than 16 elements into initializers (so that weights live in external data).
 
 Does not fire: inputs that are not constant; results larger than ``output_size_limit``
 elements (except the always-folded ops, e.g. Transpose of a weight with no other use).
@@ -14,6 +16,7 @@ Scope: the main graph and its subgraphs and functions.
 from __future__ import annotations
 
 import onnx_ir as ir
+from onnx_ir.passes import common
 from onnxscript.optimizer import _constant_folding
 
 from qgraph.pass_api import GraphPass, option
@@ -40,7 +43,11 @@ class FoldConstants(GraphPass):
             input_size_limit=self.input_size_limit,
             output_size_limit=self.output_size_limit,
         )(model)
+        modified = result.modified
+        if modified:
+            common.RemoveUnusedNodesPass()(model)
+        modified |= common.LiftConstantsToInitializersPass(size_limit=16)(model).modified
         after = sum(1 for _ in model.graph.all_nodes())
         if before != after:
             self.count("nodes folded", before - after)
-        return ir.passes.PassResult(model, result.modified)
+        return ir.passes.PassResult(model, modified)

@@ -227,7 +227,7 @@ class Bundle:
         return self.data_files.get(name) or f"{self.files[name]}.data"
 
 
-# -- helpers ----------------------------------------------------------------------------------------
+# -- helpers -------------------------------------------------------------------------------------
 def signature(model: ir.Model) -> dict[str, Any]:
     """The component's I/O signature and a few facts, as stored in the manifest."""
 

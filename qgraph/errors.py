@@ -1,4 +1,4 @@
-"""Typed errors. Every error a user can cause is a QGraphError with a message that says what to do."""
+"""Typed errors: everything a user can cause is a QGraphError whose message says what to do."""
 
 from __future__ import annotations
 

@@ -37,6 +37,10 @@ class Registry:
     passes: dict[str, type[QPass]] = field(default_factory=dict)
     pipelines: dict[str, NamedPipeline] = field(default_factory=dict)
 
+    def copy(self) -> Registry:
+        """A registry with the same entries, to extend without touching this one."""
+        return Registry(dict(self.passes), dict(self.pipelines))
+
     def register(self, cls: type[QPass]) -> type[QPass]:
         """Register a pass class (usable as a decorator)."""
         if not (inspect.isclass(cls) and issubclass(cls, GraphPass | BundlePass)) or not cls.name:

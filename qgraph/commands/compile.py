@@ -109,7 +109,7 @@ def parse_dims(text: str) -> dict[str, int]:
 
 
 def run(args) -> int:
-    registry = default_registry()
+    registry = default_registry().copy()
     for path in args.pass_module:
         registry.load_pass_module(path)
     steps = expand(args.passes, registry, what="--passes")

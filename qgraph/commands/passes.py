@@ -59,7 +59,7 @@ def markdown_table(registry: Registry) -> str:
 
 
 def run(args) -> int:
-    registry = default_registry()
+    registry = default_registry().copy()
     for path in args.pass_module:
         registry.load_pass_module(path)
     if args.markdown:

@@ -47,7 +47,7 @@ def _print_steps(steps, indent: str = "  ") -> None:
 
 
 def run(args) -> int:
-    registry = default_registry()
+    registry = default_registry().copy()
     for path in args.pass_module:
         registry.load_pass_module(path)
     if args.action == "list":

@@ -36,15 +36,14 @@ def summarize(before: Facts, after: Facts) -> str:
         d = after.ops[op] - before.ops[op]
         if d:
             ops.append(f"{'+' if d > 0 else '-'}{op}×{abs(d)}")
+    weights = f"weights {human_bytes(after.bytes)}"
+    if after.bytes != before.bytes:
+        sign = "+" if after.bytes > before.bytes else ""
+        weights += f" ({sign}{human_bytes(after.bytes - before.bytes)})"
     parts = [
         f"nodes {delta(before.nodes, after.nodes)}",
         f"initializers {delta(before.initializers, after.initializers)}",
-        f"weights {human_bytes(after.bytes)}"
-        + (
-            f" ({'+' if after.bytes >= before.bytes else ''}{human_bytes(after.bytes - before.bytes)})"
-            if after.bytes != before.bytes
-            else ""
-        ),
+        weights,
     ]
     text = ", ".join(parts)
     return text + ("; ops " + " ".join(ops) if ops else "")

@@ -1,0 +1,41 @@
+"""Shared fixtures: a small model with something for every hygiene pass to do."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from qgraph.bundle import Bundle
+from qgraph.testing import model_from_text
+
+SMALL = """
+<ir_version: 10, opset_import: ["" : 18]>
+g (float[batch,64] x, float[64,64] w) => (float[batch,64] y) {
+    shape = Constant <value = int64[2] {-1, 64}> ()
+    r = Reshape <allowzero = 1> (x, shape)
+    wt = Transpose <perm = [1, 0]> (w)
+    a = MatMul (r, wt)
+    b = MatMul (r, wt)
+    dead = Relu (a)
+    y = Add (a, b)
+}
+"""
+
+
+def small_model() -> ir.Model:
+    model = model_from_text(SMALL)
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    value = model.graph.inputs.pop()  # the weight becomes an initializer
+    value.const_value = ir.tensor(w, name="w")
+    model.graph.register_initializer(value)
+    return model
+
+
+@pytest.fixture
+def small_onnx(tmp_path: Path) -> Path:
+    """A bundle folder with one component ``small`` (weights in external data) and a side file."""
+    bundle = Bundle(family="test")
+    bundle.add_component("small", small_model())
+    bundle.side_files["config.json"] = b'{"hello": 1}\n'
+    return bundle.save(tmp_path / "small")
