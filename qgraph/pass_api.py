@@ -38,13 +38,13 @@ from qgraph.errors import PipelineError
 class Tolerance:
     """How close a pass's output must stay to its input, as checked by ``--verify-each``.
 
-    ``atol``/``rtol`` bound the elementwise error of every output (``numpy.allclose``); lossy
-    passes may instead (or also) declare a minimum cosine similarity and a minimum top-1
-    agreement over the last axis (for logits).
+    ``atol``/``rtol`` bound the elementwise error of every output (``numpy.allclose``; ``None``
+    switches it off); lossy passes may also declare a minimum cosine similarity and a minimum
+    top-1 agreement over the last axis (for logits).
     """
 
-    atol: float = 1e-4
-    rtol: float = 1e-3
+    atol: float | None = 1e-4
+    rtol: float | None = 1e-3
     min_cosine: float | None = None
     min_top1: float | None = None
     exact: bool = False
@@ -134,6 +134,19 @@ class QPass:
         return self.name + "{" + ",".join(f"{k}={format_value(v)}" for k, v in opts.items()) + "}"
 
     __repr__ = __str__
+
+    # -- verification hooks (used by --verify-each) ----------------------------------------------
+    def adapt_feeds(self, component: str, feeds: dict, bundle: Any) -> dict:
+        """Inputs for the component *after* this pass, given the inputs used before it.
+
+        Passes that change a component's inputs (e.g. ids -> embeddings) override this so that
+        ``--verify-each`` can still compare; the default keeps the feeds unchanged.
+        """
+        return feeds
+
+    def adapt_reference(self, component: str, outputs: dict) -> dict:
+        """The pre-pass outputs, reshaped to what the component returns after this pass."""
+        return outputs
 
     # -- statistics -----------------------------------------------------------------------------
     @property

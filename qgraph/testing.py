@@ -14,9 +14,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from qgraph.bundle import Bundle
 from qgraph.instruments import verify
 from qgraph.instruments.textform import TensorHasher, model_text
-from qgraph.pass_api import GraphPass, Tolerance
+from qgraph.pass_api import BundlePass, GraphPass, Tolerance
 
 IR_VERSION = 10
 
@@ -59,7 +60,7 @@ def check_pass(
     """Apply ``p`` to ``model`` and assert the four properties; returns both versions."""
     before = copy_model(model)
     feeds = feeds if feeds is not None else verify.sample_inputs(model, dims)
-    out_before = verify.run_model(before, feeds)
+    out_before = verify.run_model(model, feeds)
     p.reset_stats()
     result = p(model)
     stats = dict(p.stats)
@@ -72,8 +73,51 @@ def check_pass(
             f"{p} changed the model but reported modified=False"
         )
     out_after = verify.run_model(model, feeds)
-    problems = verify.compare(out_before, out_after, tolerance or p.tolerance)
+    reference = p.adapt_reference("", out_before) if result.modified else out_before
+    problems = verify.compare(reference, out_after, tolerance or p.tolerance)
     assert not problems, f"{p}: {problems}"
     again = p(model)
     assert not again.modified, f"{p} is not idempotent: a second run reported modified=True"
     return PassCheck(before, model, out_before, out_after, stats)
+
+
+@dataclass
+class BundleCheck:
+    outputs_after: dict[str, dict[str, np.ndarray]]
+    stats: dict[str, int]
+
+
+def check_bundle_pass(
+    p: BundlePass,
+    bundle: Bundle,
+    *,
+    expect_modified: bool = True,
+    dims: dict[str, int] | None = None,
+) -> BundleCheck:
+    """The four checks for a bundle pass; returns the outputs after it and its statistics.
+
+    Every component runs in ONNX Runtime before and after; inputs and reference outputs go
+    through the pass's ``adapt_feeds``/``adapt_reference`` hooks, and the comparison uses its
+    declared tolerance. A second run must report ``modified=False``.
+    """
+    hasher = TensorHasher()
+    texts = {c: model_text(m, hasher) for c, m in bundle.components.items()}
+    feeds = {c: verify.sample_inputs(m, dims) for c, m in bundle.components.items()}
+    before = {c: verify.run_model(m, feeds[c]) for c, m in bundle.components.items()}
+    p.reset_stats()
+    result = p(bundle)
+    assert result.modified == expect_modified, (
+        f"{p}: modified={result.modified}, expected {expect_modified}"
+    )
+    stats = dict(p.stats)
+    after = {}
+    for c, model in bundle.components.items():
+        if not expect_modified:
+            assert model_text(model, hasher) == texts[c], f"{p} changed {c} but said it did not"
+        run_feeds = p.adapt_feeds(c, feeds[c], bundle)
+        after[c] = verify.run_model(model, run_feeds)
+        reference = p.adapt_reference(c, before[c]) if result.modified else before[c]
+        problems = verify.compare(reference, after[c], p.tolerance)
+        assert not problems, f"{p} on {c}: {problems}"
+    assert not p(bundle).modified, f"{p} is not idempotent: a second run reported modified=True"
+    return BundleCheck(after, stats)

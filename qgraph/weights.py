@@ -76,41 +76,54 @@ def write_tensor(f, t: ir.TensorProtocol) -> int:
     return int(buf.size)
 
 
-class _HashingWriter:
-    """A file wrapper that tracks position and sha256 of everything written."""
+class _DataFile:
+    """An external-data file being written: position, alignment padding, sha256."""
 
-    def __init__(self, f) -> None:
-        self.f, self.pos, self.sha = f, 0, hashlib.sha256()
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.f = open(path, "wb")  # noqa: SIM115 - closed in close()
+        self.pos, self.sha = 0, hashlib.sha256()
 
     def write(self, data) -> None:
         self.f.write(data)
         self.sha.update(data)
         self.pos += len(data)
 
-    def pad_to(self, alignment: int) -> None:
-        pad = (-self.pos) % alignment
+    def append(self, t: ir.TensorProtocol) -> tuple[int, int]:
+        """Write ``t`` at the next aligned offset; returns (offset, length)."""
+        pad = (-self.pos) % (ALIGNMENT if t.nbytes >= ALIGNMENT else SMALL_ALIGNMENT)
         if pad:
             self.write(b"\0" * pad)
+        offset = self.pos
+        return offset, write_tensor(self, t)
+
+    def close(self) -> dict[str, Any] | None:
+        self.f.close()
+        if self.pos == 0:
+            self.path.unlink()
+            return None
+        return {"sha256": self.sha.hexdigest(), "bytes": self.pos}
 
 
 def save_models(
     models: dict[str, ir.Model], root: Path, data_name: str
 ) -> dict[str, dict[str, Any]]:
-    """Save ``{relative .onnx path: model}`` under ``root`` with weights in ``root/data_name``.
+    """Save ``{relative .onnx path: model}`` under ``root``, sharing ``root/data_name``.
 
-    Returns ``{relative path: {"sha256", "bytes"}}`` for every file written. The models are left
-    unchanged (their initializers are swapped for external references only while serialising).
+    The first model's tensors go to ``data_name``; a later model reuses every tensor already
+    written (same source region or same object) and writes the ones only it has to its own
+    ``<path>.data``. Returns ``{relative path: {"sha256", "bytes"}}`` for every file written.
+    The models are left unchanged (initializers are swapped for external references only while
+    serialising).
     """
-    written: dict[tuple, tuple[int, int]] = {}
+    written: dict[tuple, tuple[str, int, int]] = {}
     hashes: dict[str, dict[str, Any]] = {}
-    data_path = root / data_name
-    data_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(data_path, "wb") as raw:
-        f = _HashingWriter(raw)
-        for rel, model in models.items():
+    files: dict[str, _DataFile] = {}
+    try:
+        for i, (rel, model) in enumerate(models.items()):
+            data_rel = data_name if i == 0 else f"{rel}.data"
             onnx_path = root / rel
             onnx_path.parent.mkdir(parents=True, exist_ok=True)
-            location = os.path.relpath(data_path, onnx_path.parent)
             swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
             try:
                 for graph in model.graphs():
@@ -120,13 +133,14 @@ def save_models(
                             continue
                         key = tensor_key(t)
                         if key not in written:
-                            f.pad_to(ALIGNMENT if t.nbytes >= ALIGNMENT else SMALL_ALIGNMENT)
-                            offset = f.pos
-                            written[key] = (offset, write_tensor(f, t))
-                        offset, length = written[key]
+                            if data_rel not in files:
+                                (root / data_rel).parent.mkdir(parents=True, exist_ok=True)
+                                files[data_rel] = _DataFile(root / data_rel)
+                            written[key] = (data_rel, *files[data_rel].append(t))
+                        where, offset, length = written[key]
                         swapped.append((value, t))
                         value.const_value = ir.ExternalTensor(
-                            location,
+                            os.path.relpath(root / where, onnx_path.parent),
                             offset,
                             length,
                             t.dtype,
@@ -142,10 +156,11 @@ def save_models(
             onnx_path.write_bytes(data)
             hashes[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
             del proto
-    if f.pos == 0:
-        data_path.unlink()
-    else:
-        hashes[data_name] = {"sha256": f.sha.hexdigest(), "bytes": f.pos}
+    finally:
+        for data_rel, df in files.items():
+            info = df.close()
+            if info is not None:
+                hashes[data_rel] = info
     return hashes
 
 

@@ -101,8 +101,7 @@ def compare(before: dict, after: dict, tol: Tolerance) -> list[str]:
         if tol.exact and diff != 0:
             problems.append(f"output '{name}' max abs diff {diff:.3g} (pass declares exact)")
             continue
-        elementwise = tol.min_cosine is None and tol.min_top1 is None
-        if elementwise and not np.allclose(b64, a64, atol=tol.atol, rtol=tol.rtol):
+        if tol.atol is not None and not np.allclose(b64, a64, atol=tol.atol, rtol=tol.rtol or 0):
             problems.append(
                 f"output '{name}' max abs diff {diff:.3g} exceeds atol={tol.atol:g}, "
                 f"rtol={tol.rtol:g}"
