@@ -1,5 +1,4 @@
 from qgraph.passes.cse import CommonSubexpressionElimination
-
 from qgraph.testing import check_pass, model_from_text, op_types
 
 DUPLICATES = """

@@ -1,6 +1,6 @@
 import numpy as np
-from qgraph.passes.extract_embed_fp16 import ExtractEmbedFp16
 
+from qgraph.passes.extract_embed_fp16 import ExtractEmbedFp16
 from qgraph.testing import check_bundle_pass, op_types
 from tests.passes.bundles import HIDDEN, VOCAB, decoder_bundle
 

@@ -1,5 +1,4 @@
 from qgraph.passes.fold_constants import FoldConstants
-
 from qgraph.testing import check_pass, model_from_text, op_types
 
 FOLDABLE = """

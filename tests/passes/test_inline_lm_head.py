@@ -1,5 +1,4 @@
 from qgraph.passes.inline_lm_head import InlineLmHead
-
 from qgraph.testing import check_bundle_pass, op_types
 from tests.passes.bundles import HIDDEN, VOCAB, decoder_bundle
 

@@ -1,5 +1,4 @@
 from qgraph.passes.remove_unused import RemoveUnused
-
 from qgraph.testing import check_pass, model_from_text, op_types
 
 DEAD = """

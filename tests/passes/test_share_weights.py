@@ -1,8 +1,8 @@
 import numpy as np
-from qgraph.passes.inline_lm_head import InlineLmHead
-from qgraph.passes.share_weights import ShareWeights
 
 from qgraph.bundle import Bundle
+from qgraph.passes.inline_lm_head import InlineLmHead
+from qgraph.passes.share_weights import ShareWeights
 from qgraph.testing import check_bundle_pass
 from tests.passes.bundles import HIDDEN, VOCAB, decoder, decoder_bundle
 

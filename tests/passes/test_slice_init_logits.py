@@ -1,6 +1,6 @@
 import numpy as np
-from qgraph.passes.slice_init_logits import SliceInitLogits
 
+from qgraph.passes.slice_init_logits import SliceInitLogits
 from qgraph.testing import check_pass, model_from_text, op_types
 from tests.passes.bundles import decoder
 

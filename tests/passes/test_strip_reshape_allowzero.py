@@ -1,6 +1,6 @@
 import numpy as np
-from qgraph.passes.strip_reshape_allowzero import StripReshapeAllowzero
 
+from qgraph.passes.strip_reshape_allowzero import StripReshapeAllowzero
 from qgraph.testing import check_pass, model_from_text
 
 CONST_SHAPE = """

@@ -1,6 +1,6 @@
 import onnx_ir as ir
-from qgraph.passes.topological_sort import TopologicalSort
 
+from qgraph.passes.topological_sort import TopologicalSort
 from qgraph.testing import check_pass, model_from_text, op_types
 
 SORTED = """
