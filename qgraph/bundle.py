@@ -49,13 +49,15 @@ class Bundle:
 
     ``data_files`` maps a component to the external-data file its weights go to on save; by
     default ``<file>.data``. Components mapped to the same file share it, and a tensor object
-    used by several of them is written once (see ``qgraph.weights``).
+    used by several of them is written once (see ``qgraph.weights``). ``shard_bytes`` splits a
+    component's data file into numbered shards of at most that size.
     """
 
     family: str = "generic"
     components: dict[str, ir.Model] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     data_files: dict[str, str] = field(default_factory=dict)
+    shard_bytes: dict[str, int] = field(default_factory=dict)
     side_files: dict[str, SideFile] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     source: Path | None = None
@@ -125,6 +127,8 @@ class Bundle:
             bundle.add_component(name, _load_model(root / rel, root), rel)
             if entry.get("data_file"):
                 bundle.data_files[name] = entry["data_file"]
+            if entry.get("shard_bytes"):
+                bundle.shard_bytes[name] = int(entry["shard_bytes"])
         for rel in manifest.get("side_files", []):
             rel = _safe_relpath(root, rel, "side file")
             if not (root / rel).is_file():
@@ -191,7 +195,8 @@ class Bundle:
             groups.setdefault(self.data_file(name), []).append(name)
         for data_name, names in groups.items():
             models = {self.files[n]: self.components[n] for n in names}
-            hashes.update(weights.save_models(models, root, data_name))
+            limit = min((self.shard_bytes[n] for n in names if n in self.shard_bytes), default=None)
+            hashes.update(weights.save_models(models, root, data_name, limit))
         for rel, content in self.side_files.items():
             dest = root / _safe_relpath(root, rel, "side file")
             dest.parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +216,7 @@ class Bundle:
                     "data_file": self.data_file(name)
                     if _has_data(root, self.data_file(name))
                     else None,
+                    "shard_bytes": self.shard_bytes.get(name),
                     **signature(model),
                 }
                 for name, model in self.components.items()

@@ -197,9 +197,9 @@ class BundlePass(QPass, ir.passes.InPlacePass):
     def touch(self, component: str) -> None:
         self.touched.add(component)
 
-    def reset_stats(self) -> None:
-        super().reset_stats()
-        self.touched.clear()
+    def __call__(self, bundle: Any, /) -> ir.passes.PassResult:
+        self.touched.clear()  # ``touched`` describes the latest run only
+        return super().__call__(bundle)
 
 
 # -- option values --------------------------------------------------------------------------------

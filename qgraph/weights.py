@@ -76,11 +76,43 @@ def write_tensor(f, t: ir.TensorProtocol) -> int:
     return int(buf.size)
 
 
+def aligned(pos: int, nbytes: int) -> int:
+    """Offset at which a tensor of ``nbytes`` starts when the file is at ``pos``."""
+    return pos + (-pos) % (ALIGNMENT if nbytes >= ALIGNMENT else SMALL_ALIGNMENT)
+
+
+def shard_name(base: str, index: int) -> str:
+    """Transformers.js names: ``X.onnx_data``, ``X.onnx_data_1``, ``X.onnx_data_2``, ..."""
+    return base if index == 0 else f"{base}_{index}"
+
+
+def external_tensor_sizes(model: ir.Model) -> list[int]:
+    """Sizes of the distinct tensors ``save_models`` writes for ``model``, in write order."""
+    seen, sizes = set(), []
+    for graph in model.graphs():
+        for value in graph.initializers.values():
+            t = value.const_value
+            if t is not None and t.nbytes >= INLINE_LIMIT and tensor_key(t) not in seen:
+                seen.add(tensor_key(t))
+                sizes.append(t.nbytes)
+    return sizes
+
+
+def shard_count(sizes: list[int], limit: int) -> int:
+    """How many shards of at most ``limit`` bytes ``save_models`` writes for these tensors."""
+    count, pos = (1 if sizes else 0), 0
+    for n in sizes:
+        if pos and aligned(pos, n) + n > limit:
+            count, pos = count + 1, 0
+        pos = aligned(pos, n) + n
+    return count
+
+
 class _DataFile:
     """An external-data file being written: position, alignment padding, sha256."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, rel: str) -> None:
+        self.path, self.rel = path, rel
         self.f = open(path, "wb")  # noqa: SIM115 - closed in close()
         self.pos, self.sha = 0, hashlib.sha256()
 
@@ -91,10 +123,9 @@ class _DataFile:
 
     def append(self, t: ir.TensorProtocol) -> tuple[int, int]:
         """Write ``t`` at the next aligned offset; returns (offset, length)."""
-        pad = (-self.pos) % (ALIGNMENT if t.nbytes >= ALIGNMENT else SMALL_ALIGNMENT)
-        if pad:
-            self.write(b"\0" * pad)
-        offset = self.pos
+        offset = aligned(self.pos, t.nbytes)
+        if offset > self.pos:
+            self.write(b"\0" * (offset - self.pos))
         return offset, write_tensor(self, t)
 
     def close(self) -> dict[str, Any] | None:
@@ -106,19 +137,35 @@ class _DataFile:
 
 
 def save_models(
-    models: dict[str, ir.Model], root: Path, data_name: str
+    models: dict[str, ir.Model], root: Path, data_name: str, shard_bytes: int | None = None
 ) -> dict[str, dict[str, Any]]:
     """Save ``{relative .onnx path: model}`` under ``root``, sharing ``root/data_name``.
 
     The first model's tensors go to ``data_name``; a later model reuses every tensor already
     written (same source region or same object) and writes the ones only it has to its own
-    ``<path>.data``. Returns ``{relative path: {"sha256", "bytes"}}`` for every file written.
+    ``<path>.data``. With ``shard_bytes``, a file that would grow past it continues in
+    ``<name>_1``, ``<name>_2``, ... (a single larger tensor gets a shard of its own).
+    Returns ``{relative path: {"sha256", "bytes"}}`` for every file written.
     The models are left unchanged (initializers are swapped for external references only while
     serialising).
     """
     written: dict[tuple, tuple[str, int, int]] = {}
     hashes: dict[str, dict[str, Any]] = {}
     files: dict[str, _DataFile] = {}
+    shard_index: dict[str, int] = {}
+
+    def target(base: str, nbytes: int) -> _DataFile:
+        index = shard_index.setdefault(base, 0)
+        current = files.get(shard_name(base, index))
+        full = current is not None and aligned(current.pos, nbytes) + nbytes > (shard_bytes or 0)
+        if shard_bytes and current is not None and current.pos and full:
+            index = shard_index[base] = index + 1
+        name = shard_name(base, index)
+        if name not in files:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            files[name] = _DataFile(root / name, name)
+        return files[name]
+
     try:
         for i, (rel, model) in enumerate(models.items()):
             data_rel = data_name if i == 0 else f"{rel}.data"
@@ -133,10 +180,8 @@ def save_models(
                             continue
                         key = tensor_key(t)
                         if key not in written:
-                            if data_rel not in files:
-                                (root / data_rel).parent.mkdir(parents=True, exist_ok=True)
-                                files[data_rel] = _DataFile(root / data_rel)
-                            written[key] = (data_rel, *files[data_rel].append(t))
+                            df = target(data_rel, t.nbytes)
+                            written[key] = (df.rel, *df.append(t))
                         where, offset, length = written[key]
                         swapped.append((value, t))
                         value.const_value = ir.ExternalTensor(
@@ -159,7 +204,7 @@ def save_models(
     finally:
         for data_rel, df in files.items():
             info = df.close()
-            if info is not None:
+            if info is not None and data_rel:
                 hashes[data_rel] = info
     return hashes
 

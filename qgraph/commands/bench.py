@@ -1,0 +1,122 @@
+"""``qgraph bench BUNDLE``: per-component latency, real-time factor and memory of a bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from qgraph.errors import RuntimeInputError
+
+NAME = "bench"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        NAME,
+        help="measure latency, real-time factor and memory of a bundle",
+        description="Load the bundle with the reference runtime (ONNX Runtime, CPU), run one "
+        "warm-up round (not counted) and REPEAT measured rounds. A round transcribes "
+        "--audio-seconds of speech end to end with exactly --steps decode steps, then times "
+        "--steps decoder_step calls at 100 past tokens. Prints medians per component, the "
+        "real-time factor (end-to-end time / audio duration), tokens/s and peak RSS.",
+    )
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder (raw or compiled)")
+    p.add_argument(
+        "--audio-seconds",
+        type=_positive_float,
+        default=11.0,
+        metavar="S",
+        help="length of the benchmark audio in seconds (default: 11)",
+    )
+    p.add_argument(
+        "--audio",
+        type=Path,
+        metavar="FILE",
+        help="speech to tile or cut to --audio-seconds (default: the built-in example speech)",
+    )
+    p.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=30,
+        metavar="N",
+        help="decoder_step calls per round (default: 30)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=5,
+        metavar="N",
+        help="measured rounds after the warm-up round; medians are reported (default: 5)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)",
+    )
+    p.add_argument(
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="also write all results as a JSON object to FILE",
+    )
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from qgraph.runtime.bench import bench_audio, run_bench
+
+    audio = None
+    if args.audio is not None:
+        if not args.audio.is_file():
+            raise RuntimeInputError(f"audio file not found: {args.audio}")
+        audio = bench_audio(args.audio_seconds, source=args.audio)
+    result = run_bench(
+        args.bundle,
+        audio_seconds=args.audio_seconds,
+        steps=args.steps,
+        repeat=args.repeat,
+        threads=args.threads,
+        audio=audio,
+    )
+    r = result
+    print(f"bundle          {r.bundle}")
+    print(
+        f"audio           {r.audio_seconds:.2f} s, {r.mel_frames} mel frames, "
+        f"{r.audio_tokens} audio tokens, prompt {r.prompt_length} tokens"
+    )
+    print(f"load            {r.load_s:.2f} s")
+    print(f"mel             {r.mel_ms:9.2f} ms")
+    print(f"encoder         {r.encoder_ms:9.2f} ms")
+    print(f"decoder_init    {r.decoder_init_ms:9.2f} ms")
+    print(
+        f"decoder_step    {r.decoder_step_ms:9.2f} ms at {r.past_tokens} past tokens "
+        f"({r.tokens_per_s:.1f} tokens/s)"
+    )
+    print(
+        f"end to end      {r.end_to_end_ms:9.2f} ms with {r.steps} steps "
+        f"({r.decode_step_e2e_ms:.2f} ms/step), RTF {r.rtf:.3f}"
+    )
+    print(f"memory          {r.rss_after_load_mb:.0f} MiB after load, {r.peak_rss_mb:.0f} MiB peak")
+    if args.json is not None:
+        try:
+            args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        except OSError as err:
+            raise RuntimeInputError(f"cannot write {args.json}: {err.strerror or err}") from None
+    return 0

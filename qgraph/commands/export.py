@@ -1,0 +1,102 @@
+"""``qgraph export FAMILY --model ID_OR_DIR -o OUT``: PyTorch checkpoint -> raw FP32 bundle."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+NAME = "export"
+
+FAMILY_CHOICES = ("qwen3-asr",)
+"""Families on the command line; kept equal to ``qgraph.export.FAMILIES`` (a test checks)."""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        NAME,
+        help="export a PyTorch checkpoint to a raw FP32 ONNX bundle",
+        description="Trace a transformers checkpoint with torch.onnx (dynamo, no optimizer) into "
+        "a raw FP32 bundle: encoder, decoder_init and decoder_step graphs plus config.json, "
+        "preprocessor_config.json and the tokenizer. Passes ('qgraph compile') turn it into "
+        "what ships. Needs torch and transformers (pip install 'qgraph[export]').",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  qgraph export qwen3-asr --model tiny -o raw-tiny/\n"
+        "  qgraph export qwen3-asr --model ./Qwen3-ASR-0.6B-hf -o raw/\n"
+        "  qgraph export qwen3-asr --model Qwen/Qwen3-ASR-0.6B-hf -o raw/   (needs the hub)",
+    )
+    p.add_argument("family", choices=FAMILY_CHOICES, help="model family to export")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="ID_OR_DIR",
+        help="checkpoint folder (config.json + weights, read offline), a Hugging Face hub id, "
+        "or a built-in random model: tiny (20 M params, for tests), random-0.6b, random-1.7b "
+        "(real shapes, for benchmarks)",
+    )
+    p.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="OUT", help="bundle folder to write"
+    )
+    p.add_argument(
+        "--opset", type=int, default=18, metavar="N", help="ONNX opset, 18 to 23 (default: 18)"
+    )
+    p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines, only the result")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from qgraph.export import FAMILIES  # noqa: TID251 - the CLI imports the exporter lazily
+
+    exporter = importlib.import_module(FAMILIES[args.family])
+    start = time.perf_counter()
+    with _progress(enabled=not args.quiet):
+        path = exporter.export(args.model, args.output, opset=args.opset, overwrite=args.force)
+    seconds = time.perf_counter() - start
+    manifest = json.loads((path / "qgraph.json").read_text())
+    files = manifest.get("files", {})
+    total = sum(f["bytes"] for f in files.values())
+    print(f"wrote {path} ({args.family}, opset {args.opset}, {_mb(total)}) in {seconds:.1f} s")
+    for name, comp in manifest["components"].items():
+        size = sum(files.get(k, {}).get("bytes", 0) for k in (comp["file"], comp.get("data_file")))
+        ins = ", ".join(_sig(v) for v in comp["inputs"])
+        outs = ", ".join(_sig(v) for v in comp["outputs"])
+        print(f"  {name:<13} {comp['nodes']:>6} nodes {_mb(size):>10}  {ins} -> {outs}")
+    return 0
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[None]:
+    """Show the exporter's INFO lines on stderr (unless logging already shows them)."""
+    log = logging.getLogger("qgraph.export")
+    if not enabled or log.isEnabledFor(logging.INFO):
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("export: %(message)s"))
+    saved = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
+
+
+def _sig(value: dict) -> str:
+    dims = ",".join(str(d) for d in value.get("shape") or [])
+    return f"{value['name']}[{dims}]"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"

@@ -1,0 +1,87 @@
+"""``qgraph transcribe BUNDLE AUDIO``: transcribe one audio file with the reference runtime."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from qgraph.errors import RuntimeInputError
+
+NAME = "transcribe"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        NAME,
+        help="transcribe an audio file with a raw or compiled bundle",
+        description="Run greedy decoding with ONNX Runtime on CPU and print the transcript. "
+        "Any WAV/FLAC/OGG file is read, mixed to mono and resampled to 16 kHz. "
+        "AUDIO 'example' (when no file has that name) is the built-in speech clip.",
+    )
+    p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder (raw or compiled)")
+    p.add_argument(
+        "audio", metavar="AUDIO", help="audio file, or 'example' for the built-in speech clip"
+    )
+    p.add_argument(
+        "--language",
+        metavar="X",
+        help="force the output language: a name (English) or code (en); default: detect",
+    )
+    p.add_argument(
+        "--context",
+        default="",
+        metavar="TEXT",
+        help="context text (names, terms) put in the system turn of the prompt",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        metavar="N",
+        help="stop after N generated tokens (default: 32 + 10 per second of audio)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        metavar="N",
+        help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)",
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON object with text, language, token ids, finish reason and timings",
+    )
+    p.set_defaults(run=run)
+
+
+def _audio_path(text: str) -> Path:
+    path = Path(text)
+    if text == "example" and not path.exists():
+        from qgraph.examples import example_audio
+
+        return example_audio()
+    if not path.is_file():
+        raise RuntimeInputError(f"audio file not found: {path}")
+    return path
+
+
+def run(args) -> int:
+    from qgraph.runtime.decode import AsrSession
+
+    audio = _audio_path(args.audio)
+    session = AsrSession(args.bundle, threads=args.threads)
+    result = session.transcribe(
+        audio, max_tokens=args.max_tokens, language=args.language, context=args.context
+    )
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print(result.text)
+    return 0

@@ -1,0 +1,196 @@
+"""Latency benchmark of a bundle with the reference runtime.
+
+``run_bench`` loads the bundle once, does one warm-up round (excluded) and then ``repeat``
+measured rounds. Each round:
+
+1. end to end on ``audio_seconds`` of the built-in speech (tiled to length): log-mel, encoder,
+   ``decoder_init`` on the matching prompt, then exactly ``steps`` ``decoder_step`` calls
+   (EOS ignored, so every round does the same work);
+2. ``steps`` ``decoder_step`` calls on a fixed cache of ``past_tokens`` (100) random entries,
+   which gives a step latency independent of the prompt length.
+
+Reported: per-component medians, the median end-to-end time, real-time factor (end to end /
+audio duration), decode speed (tokens/s at 100 past tokens and during the end-to-end run) and
+peak resident memory of the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qgraph.runtime.audio import load_audio
+from qgraph.runtime.decode import AsrSession, Timings
+
+__all__ = ["BenchResult", "bench_audio", "peak_rss_bytes", "run_bench"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BenchResult:
+    """Medians in milliseconds unless the name says otherwise."""
+
+    bundle: str
+    audio_seconds: float
+    mel_frames: int
+    audio_tokens: int
+    prompt_length: int
+    steps: int
+    past_tokens: int
+    repeat: int
+    threads: int | None
+    load_s: float
+    mel_ms: float
+    encoder_ms: float
+    decoder_init_ms: float
+    decoder_step_ms: float
+    decode_step_e2e_ms: float
+    end_to_end_ms: float
+    rtf: float
+    tokens_per_s: float
+    e2e_tokens_per_s: float
+    rss_after_load_mb: float
+    peak_rss_mb: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (current RSS where no peak is known)."""
+    import psutil
+
+    info = psutil.Process().memory_info()
+    peak = getattr(info, "peak_wset", None)  # Windows
+    if peak:
+        return int(peak)
+    try:
+        import resource
+
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(maxrss if sys.platform == "darwin" else maxrss * 1024)
+    except (ImportError, OSError):
+        return int(info.rss)
+
+
+def _rss_bytes() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def bench_audio(seconds: float, sample_rate: int = 16000, source: Path | None = None) -> np.ndarray:
+    """``seconds`` of speech: ``source`` (default: the built-in long example) tiled and cut."""
+    if seconds <= 0:
+        raise ValueError(f"audio length must be positive, got {seconds}")
+    if source is None:
+        from qgraph.examples import example_long_audio
+
+        source = example_long_audio()
+    speech = load_audio(source, sample_rate)
+    n = int(round(seconds * sample_rate))
+    reps = -(-n // speech.size)
+    return np.tile(speech, reps)[:n].astype(np.float32)
+
+
+def _median_ms(values: list[float]) -> float:
+    return 1000.0 * statistics.median(values) if values else float("nan")
+
+
+def run_bench(
+    bundle_dir: str | os.PathLike[str],
+    *,
+    audio_seconds: float = 11.0,
+    steps: int = 30,
+    repeat: int = 5,
+    past_tokens: int = 100,
+    threads: int | None = None,
+    audio: np.ndarray | None = None,
+) -> BenchResult:
+    """Benchmark ``bundle_dir``; ``audio`` (16 kHz mono) overrides the built-in speech."""
+    if steps < 1 or repeat < 1 or past_tokens < 1:
+        raise ValueError("steps, repeat and past_tokens must be >= 1")
+    start = time.perf_counter()
+    session = AsrSession(bundle_dir, threads=threads)
+    load_s = time.perf_counter() - start
+    rss_after_load = _rss_bytes()
+    samples = audio if audio is not None else bench_audio(audio_seconds, session.sample_rate)
+    seconds = samples.size / session.sample_rate
+
+    mel = session.features(samples)
+    features = session.encode(mel)
+    prompt_ids, offset = session.prompt(int(features.shape[1]))
+    _, keys, values = session.prefill(prompt_ids, features, offset)
+    rng = np.random.default_rng(0)
+    past_shape = (*keys.shape[:3], past_tokens, *keys.shape[4:])
+    past_k = (0.1 * rng.standard_normal(past_shape)).astype(keys.dtype)
+    past_v = (0.1 * rng.standard_normal(past_shape)).astype(values.dtype)
+    token = prompt_ids[-1]
+
+    mel_s: list[float] = []
+    encoder_s: list[float] = []
+    init_s: list[float] = []
+    e2e_step_s: list[float] = []
+    e2e_s: list[float] = []
+    step_s: list[float] = []
+    for round_index in range(repeat + 1):  # round 0 is the warm-up
+        timings = Timings(audio_s=seconds)
+        t0 = time.perf_counter()
+        mel = session.features(samples)
+        t1 = time.perf_counter()
+        features = session.encode(mel)
+        t2 = time.perf_counter()
+        timings.mel_s, timings.encoder_s = t1 - t0, t2 - t1
+        session.generate(
+            features, prompt_ids, offset, steps + 1, stop_on_eos=False, timings=timings
+        )
+        fixed: list[float] = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            session.step(token, past_tokens, past_k, past_v)
+            fixed.append(time.perf_counter() - t)
+        if round_index == 0:
+            continue
+        mel_s.append(timings.mel_s)
+        encoder_s.append(timings.encoder_s)
+        init_s.append(timings.prefill_s)
+        e2e_step_s.extend(timings.step_s)
+        e2e_s.append(timings.total_s)
+        step_s.extend(fixed)
+        logger.debug("bench round %d: %.3f s end to end", round_index, timings.total_s)
+
+    step_ms = _median_ms(step_s)
+    e2e_step_ms = _median_ms(e2e_step_s)
+    e2e_ms = _median_ms(e2e_s)
+    return BenchResult(
+        bundle=str(bundle_dir),
+        audio_seconds=seconds,
+        mel_frames=int(mel.shape[-1]),
+        audio_tokens=int(features.shape[1]),
+        prompt_length=len(prompt_ids),
+        steps=steps,
+        past_tokens=past_tokens,
+        repeat=repeat,
+        threads=threads,
+        load_s=load_s,
+        mel_ms=_median_ms(mel_s),
+        encoder_ms=_median_ms(encoder_s),
+        decoder_init_ms=_median_ms(init_s),
+        decoder_step_ms=step_ms,
+        decode_step_e2e_ms=e2e_step_ms,
+        end_to_end_ms=e2e_ms,
+        rtf=e2e_ms / 1000.0 / seconds,
+        tokens_per_s=1000.0 / step_ms,
+        e2e_tokens_per_s=1000.0 / e2e_step_ms,
+        rss_after_load_mb=rss_after_load / 2**20,
+        peak_rss_mb=peak_rss_bytes() / 2**20,
+    )

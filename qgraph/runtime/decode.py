@@ -1,0 +1,447 @@
+"""Greedy Qwen3-ASR decoding with ONNX Runtime on raw and compiled bundles.
+
+Pipeline: audio -> ``log_mel`` -> ``encoder`` -> prompt -> ``decoder_init`` (positions
+``arange(S)``) -> ``decoder_step`` loop feeding the argmax token back, until an EOS id from the
+config or ``max_tokens`` generated tokens (the token from ``decoder_init`` counts).
+
+Component I/O is read from each ONNX session, so both bundle forms work:
+
+- ``encoder``: one input (``mel`` [1, n_mels, T]) -> first output ``audio_features`` [1, N, H];
+- ``decoder_init``: ``input_ids``, ``position_ids`` [B, S], ``audio_features``, ``audio_offset``
+  [1] -> ``logits`` [B, S, V] or [B, 1, V] (the last position is used), ``present_keys`` /
+  ``present_values`` [L, B, kv, S, hd];
+- ``decoder_step``: ``input_ids`` [B, 1] or ``input_embeds`` [B, 1, H] (rows looked up in
+  ``embed_tokens.bin``), ``position_ids`` [B, 1], ``past_keys`` / ``past_values`` -> ``logits``
+  [B, 1, V], ``present_keys`` / ``present_values``.
+
+Inputs are cast to the element types the sessions declare (e.g. a float16 KV cache).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qgraph.errors import BundleError, RuntimeInputError
+from qgraph.runtime.audio import SAMPLE_RATE, load_audio
+from qgraph.runtime.files import (
+    EmbedTable,
+    component_path,
+    load_tokenizer,
+    read_config,
+)
+from qgraph.runtime.mel import log_mel
+from qgraph.runtime.prompt import (
+    SpecialTokens,
+    build_prompt_ids,
+    n_audio_tokens,
+    parse_transcript,
+    resolve_language,
+    split_language_prefix,
+)
+
+__all__ = ["AsrSession", "Timings", "Transcript", "default_max_tokens", "transcribe"]
+
+logger = logging.getLogger(__name__)
+
+COMPONENTS = ("encoder", "decoder_init", "decoder_step")
+
+_ORT_TYPES: dict[str, np.dtype] = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(int32)": np.dtype(np.int32),
+}
+
+_OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def default_max_tokens(audio_seconds: float) -> int:
+    """Token budget for a clip: 32 plus 10 per second of audio.
+
+    Fast speech is about 4-6 tokens per second (CJK up to ~8); the margin absorbs the
+    ``language X<asr_text>`` prefix and keeps a looping model from running unbounded.
+    """
+    return 32 + math.ceil(10.0 * max(audio_seconds, 0.0))
+
+
+@dataclass
+class Timings:
+    """Wall-clock seconds of each phase of one transcription."""
+
+    audio_s: float = 0.0
+    mel_s: float = 0.0
+    encoder_s: float = 0.0
+    prefill_s: float = 0.0
+    step_s: list[float] = field(default_factory=list)
+
+    @property
+    def decode_s(self) -> float:
+        return float(sum(self.step_s))
+
+    @property
+    def total_s(self) -> float:
+        return self.mel_s + self.encoder_s + self.prefill_s + self.decode_s
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: processing time / audio duration (lower is faster)."""
+        return self.total_s / self.audio_s if self.audio_s > 0 else float("nan")
+
+    @property
+    def step_tokens_per_s(self) -> float:
+        """Decode speed over the ``decoder_step`` calls."""
+        return len(self.step_s) / self.decode_s if self.decode_s > 0 else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(
+            decode_s=self.decode_s,
+            total_s=self.total_s,
+            rtf=self.rtf,
+            step_tokens_per_s=self.step_tokens_per_s,
+        )
+        return out
+
+
+@dataclass
+class Transcript:
+    """Result of ``transcribe``.
+
+    ``token_ids`` are all generated ids (the ``language X<asr_text>`` prefix included, and the
+    EOS id last when ``finish_reason == "eos"``); ``text`` is the transcript alone.
+    """
+
+    token_ids: list[int]
+    text: str
+    language: str | None
+    timings: Timings
+    finish_reason: str
+    prompt_length: int
+    n_audio_tokens: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "language": self.language,
+            "token_ids": list(self.token_ids),
+            "finish_reason": self.finish_reason,
+            "prompt_length": self.prompt_length,
+            "n_audio_tokens": self.n_audio_tokens,
+            "timings": self.timings.to_dict(),
+        }
+
+
+class _Component:
+    """One ORT session with its declared input element types and output names."""
+
+    def __init__(self, name: str, path: Path, options: Any, providers: list[str]) -> None:
+        import onnxruntime as ort
+
+        self.name = name
+        self.path = path
+        try:
+            self.session = ort.InferenceSession(
+                str(path), sess_options=options, providers=providers
+            )
+        except Exception as err:  # ORT raises its own Fail/InvalidGraph/... types
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise BundleError(f"{path}: ONNX Runtime cannot load {name} ({first[:300]})") from None
+        self.input_types: dict[str, np.dtype] = {}
+        for value in self.session.get_inputs():
+            if value.type not in _ORT_TYPES:
+                raise BundleError(f"{path}: input {value.name} has unsupported type {value.type}")
+            self.input_types[value.name] = _ORT_TYPES[value.type]
+        self.output_names = [value.name for value in self.session.get_outputs()]
+
+    def require(self, inputs: set[str], outputs: set[str]) -> None:
+        missing_in = sorted(inputs - set(self.input_types))
+        extra_in = sorted(set(self.input_types) - inputs)
+        missing_out = sorted(outputs - set(self.output_names))
+        if missing_in or extra_in or missing_out:
+            raise BundleError(
+                f"{self.path}: {self.name} does not follow the qwen3-asr I/O contract "
+                f"(missing inputs {missing_in}, unexpected inputs {extra_in}, "
+                f"missing outputs {missing_out})"
+            )
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cast = {
+            name: np.asarray(value, dtype=self.input_types[name]) for name, value in feeds.items()
+        }
+        return dict(zip(self.output_names, self.session.run(None, cast), strict=True))
+
+
+def _session_options(threads: int | None, optimization: str) -> Any:
+    import onnxruntime as ort
+
+    if optimization not in _OPT_LEVELS:
+        raise RuntimeInputError(
+            f"unknown graph optimization level {optimization!r}; use one of {list(_OPT_LEVELS)}"
+        )
+    options = ort.SessionOptions()
+    if threads is not None:
+        if threads < 1:
+            raise RuntimeInputError(f"threads must be >= 1, got {threads}")
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    options.log_severity_level = 3
+    return options
+
+
+class AsrSession:
+    """A loaded bundle: config, tokenizer, three ORT sessions (and the embed table if needed).
+
+    Create once, call ``transcribe`` many times. ``threads`` sets ORT's intra-op thread count
+    (default: ORT's choice); ``optimization`` is ORT's graph optimization level
+    (``disable``/``basic``/``extended``/``all``).
+    """
+
+    def __init__(
+        self,
+        bundle_dir: str | os.PathLike[str],
+        *,
+        threads: int | None = None,
+        optimization: str = "all",
+        providers: list[str] | None = None,
+    ) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.config = read_config(self.bundle_dir)
+        self.special = SpecialTokens.from_config(self.config)
+        self.eos_ids = frozenset(self.special.eos_token_ids)
+        mel = dict(self.config.get("mel") or {})
+        self.sample_rate = int(mel.get("sample_rate", SAMPLE_RATE))
+        self._mel_kwargs = {
+            "n_mels": int(mel.get("n_mels", 128)),
+            "n_fft": int(mel.get("n_fft", 400)),
+            "hop_length": int(mel.get("hop_length", 160)),
+            "sample_rate": self.sample_rate,
+            "fmin": float(mel.get("fmin", 0.0)),
+            "fmax": float(mel.get("fmax", 8000.0)),
+        }
+        self.tokenizer = load_tokenizer(self.bundle_dir)
+        options = _session_options(threads, optimization)
+        providers = providers or ["CPUExecutionProvider"]
+        paths = {name: component_path(self.bundle_dir, name) for name in COMPONENTS}
+        self.encoder = _Component("encoder", paths["encoder"], options, providers)
+        self.decoder_init = _Component("decoder_init", paths["decoder_init"], options, providers)
+        self.decoder_step = _Component("decoder_step", paths["decoder_step"], options, providers)
+
+        if len(self.encoder.input_types) != 1:
+            raise BundleError(f"{self.encoder.path}: encoder must take exactly one input (mel)")
+        self._mel_input = next(iter(self.encoder.input_types))
+        kv = {"present_keys", "present_values"}
+        self.decoder_init.require(
+            {"input_ids", "position_ids", "audio_features", "audio_offset"}, {"logits", *kv}
+        )
+        self.step_takes_embeds = "input_embeds" in self.decoder_step.input_types
+        token_input = "input_embeds" if self.step_takes_embeds else "input_ids"
+        self.decoder_step.require(
+            {token_input, "position_ids", "past_keys", "past_values"}, {"logits", *kv}
+        )
+        self.embed_table = (
+            EmbedTable.from_bundle(self.bundle_dir, self.config) if self.step_takes_embeds else None
+        )
+        logger.info(
+            "loaded %s (decoder_step takes %s)", self.bundle_dir, token_input.replace("_", " ")
+        )
+
+    # -- phases ---------------------------------------------------------------------------------
+    def read_audio(self, audio: np.ndarray | str | os.PathLike[str]) -> np.ndarray:
+        """A path is loaded and resampled; an array must already be mono at ``sample_rate``."""
+        if isinstance(audio, (str, os.PathLike)):
+            return load_audio(audio, self.sample_rate)
+        samples = np.asarray(audio, dtype=np.float32)
+        if samples.ndim != 1:
+            raise RuntimeInputError(
+                f"audio array must be 1-D mono samples at {self.sample_rate} Hz, "
+                f"got shape {samples.shape}"
+            )
+        if samples.size == 0:
+            raise RuntimeInputError("audio array is empty")
+        if not np.all(np.isfinite(samples)):
+            raise RuntimeInputError("audio array contains NaN or infinite samples")
+        return samples
+
+    def features(self, samples: np.ndarray) -> np.ndarray:
+        """Log-mel ``[1, n_mels, T]`` float32."""
+        return log_mel(samples, **self._mel_kwargs)[None]
+
+    def encode(self, mel: np.ndarray) -> np.ndarray:
+        """Encoder output ``audio_features`` ``[1, N, H]``."""
+        out = self.encoder.run({self._mel_input: mel})
+        return out[self.encoder.output_names[0]]
+
+    def prefill(
+        self, prompt_ids: list[int], audio_features: np.ndarray, audio_offset: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Run ``decoder_init``: (last-position logits ``[V]``, present keys, present values)."""
+        seq = len(prompt_ids)
+        out = self.decoder_init.run(
+            {
+                "input_ids": np.asarray([prompt_ids], dtype=np.int64),
+                "position_ids": np.arange(seq, dtype=np.int64)[None],
+                "audio_features": audio_features,
+                "audio_offset": np.asarray([audio_offset], dtype=np.int64),
+            }
+        )
+        return out["logits"][0, -1], out["present_keys"], out["present_values"]
+
+    def step(
+        self, token_id: int, position: int, past_keys: np.ndarray, past_values: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Run ``decoder_step`` for one token: (logits ``[V]``, present keys, present values)."""
+        feeds: dict[str, np.ndarray] = {
+            "position_ids": np.asarray([[position]], dtype=np.int64),
+            "past_keys": past_keys,
+            "past_values": past_values,
+        }
+        if self.embed_table is not None:
+            feeds["input_embeds"] = self.embed_table.lookup(np.asarray([[token_id]]))
+        else:
+            feeds["input_ids"] = np.asarray([[token_id]], dtype=np.int64)
+        out = self.decoder_step.run(feeds)
+        return out["logits"][0, -1], out["present_keys"], out["present_values"]
+
+    def generate(
+        self,
+        audio_features: np.ndarray,
+        prompt_ids: list[int],
+        audio_offset: int,
+        max_tokens: int,
+        *,
+        stop_on_eos: bool = True,
+        timings: Timings | None = None,
+    ) -> tuple[list[int], str]:
+        """Greedy tokens after the prompt and the finish reason (``"eos"`` or ``"max_tokens"``)."""
+        if max_tokens < 1:
+            raise RuntimeInputError(f"max_tokens must be >= 1, got {max_tokens}")
+        timings = timings if timings is not None else Timings()
+        start = time.perf_counter()
+        logits, keys, values = self.prefill(prompt_ids, audio_features, audio_offset)
+        token = int(np.argmax(logits))
+        timings.prefill_s = time.perf_counter() - start
+        tokens = [token]
+        position = len(prompt_ids)
+        while True:
+            if stop_on_eos and token in self.eos_ids:
+                return tokens, "eos"
+            if len(tokens) >= max_tokens:
+                return tokens, "max_tokens"
+            start = time.perf_counter()
+            logits, keys, values = self.step(token, position, keys, values)
+            token = int(np.argmax(logits))
+            timings.step_s.append(time.perf_counter() - start)
+            tokens.append(token)
+            position += 1
+
+    def prompt(
+        self, n_audio: int, language: str | None = None, context: str = ""
+    ) -> tuple[list[int], int]:
+        """Prompt ids and audio offset for ``n_audio`` audio tokens."""
+        return build_prompt_ids(self.tokenizer, n_audio, language, context, self.special)
+
+    def decode_text(self, token_ids: list[int], language: str | None) -> tuple[str, str | None]:
+        """(transcript, language) from generated ids; a forced ``language`` wins."""
+        body = [t for t in token_ids if t not in self.eos_ids]
+        if language is not None:
+            prefix, text_ids = [], body
+        else:
+            prefix, text_ids = split_language_prefix(body, self.special)
+        text = self.tokenizer.decode(text_ids, skip_special_tokens=True).strip()
+        if language is not None:
+            return text, resolve_language(language)
+        if not prefix:
+            # No <asr_text> id: the tokenizer may still spell it in the text.
+            lang, text = parse_transcript(text)
+            return text, lang
+        prefix_text = self.tokenizer.decode(prefix, skip_special_tokens=True)
+        return text, parse_transcript(prefix_text + "<asr_text>")[0]
+
+    # -- end to end -----------------------------------------------------------------------------
+    def transcribe(
+        self,
+        audio: np.ndarray | str | os.PathLike[str],
+        *,
+        max_tokens: int | None = None,
+        language: str | None = None,
+        context: str = "",
+    ) -> Transcript:
+        """Transcribe a path or a 1-D float array at ``sample_rate`` Hz.
+
+        ``max_tokens`` defaults to ``default_max_tokens(duration)``; ``language`` (code or name)
+        forces the output language; ``context`` goes into the system turn.
+        """
+        if language is not None:
+            resolve_language(language)  # fail before any work on a bad name
+        samples = self.read_audio(audio)
+        timings = Timings(audio_s=samples.size / self.sample_rate)
+        start = time.perf_counter()
+        mel = self.features(samples)
+        timings.mel_s = time.perf_counter() - start
+
+        start = time.perf_counter()
+        audio_features = self.encode(mel)
+        timings.encoder_s = time.perf_counter() - start
+        n_audio = int(audio_features.shape[1])
+        expected = n_audio_tokens(mel.shape[-1])
+        if n_audio != expected:
+            logger.warning(
+                "encoder returned %d audio tokens for %d mel frames (formula: %d)",
+                n_audio,
+                mel.shape[-1],
+                expected,
+            )
+        prompt_ids, audio_offset = self.prompt(n_audio, language, context)
+        budget = max_tokens if max_tokens is not None else default_max_tokens(timings.audio_s)
+        tokens, finish = self.generate(
+            audio_features, prompt_ids, audio_offset, budget, timings=timings
+        )
+        text, lang = self.decode_text(tokens, language)
+        if finish == "max_tokens":
+            logger.warning("stopped at max_tokens=%d before an end-of-text token", budget)
+        logger.debug(
+            "transcribed %.2f s in %.3f s (%d tokens)",
+            timings.audio_s,
+            timings.total_s,
+            len(tokens),
+        )
+        return Transcript(
+            token_ids=tokens,
+            text=text,
+            language=lang,
+            timings=timings,
+            finish_reason=finish,
+            prompt_length=len(prompt_ids),
+            n_audio_tokens=n_audio,
+        )
+
+
+def transcribe(
+    bundle_dir: str | os.PathLike[str],
+    audio: np.ndarray | str | os.PathLike[str],
+    *,
+    max_tokens: int | None = None,
+    language: str | None = None,
+    context: str = "",
+    threads: int | None = None,
+) -> Transcript:
+    """One-shot transcription (loads the bundle each call; use ``AsrSession`` to reuse it)."""
+    session = AsrSession(bundle_dir, threads=threads)
+    return session.transcribe(audio, max_tokens=max_tokens, language=language, context=context)
