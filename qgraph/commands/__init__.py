@@ -14,4 +14,5 @@ COMMANDS = [
     "validate",
     "transcribe",
     "bench",
+    "demo",
 ]

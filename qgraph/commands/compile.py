@@ -120,20 +120,8 @@ def run(args) -> int:
     out = sys.stdout
 
     def on_record(r: PassRecord) -> None:
-        if args.quiet:
-            return
-        state = "changed" if r.modified else "no change"
-        where = ",".join(r.modified_components) if r.modified else ",".join(r.components)
-        print(f"[{r.index:>2}] {r.text:<32} {state:<9} {r.seconds:7.2f}s  {where}", file=out)
-        for comp, summary in r.summaries.items():
-            if args.print_changed != "diff":
-                print(f"       {comp}: {summary}", file=out)
-        if args.print_changed == "diff":
-            for comp, d in r.diffs.items():
-                print(f"       {comp}: {r.summaries.get(comp, '')}", file=out)
-                print(d, file=out, end="" if d.endswith("\n") else "\n")
-        for comp, verdict in r.verified.items():
-            print(f"       verify {comp}: {verdict}", file=out)
+        if not args.quiet:
+            print_record(r, args.print_changed, out)
 
     if not args.quiet:
         print(
@@ -164,6 +152,20 @@ def run(args) -> int:
     size = sum(f["bytes"] for f in bundle.manifest["files"].values())
     print(f"wrote {path} ({len(bundle.components)} components, {human_bytes(size)})", file=out)
     return 0
+
+
+def print_record(r: PassRecord, print_changed: str | None, out) -> None:
+    """One line per pass (what changed, seconds), then summaries, diffs and verdicts."""
+    state = "changed" if r.modified else "no change"
+    where = ",".join(r.modified_components) if r.modified else ",".join(r.components)
+    print(f"[{r.index:>2}] {r.text:<32} {state:<9} {r.seconds:7.2f}s  {where}", file=out)
+    for comp, summary in r.summaries.items():
+        print(f"       {comp}: {summary}", file=out)
+        if print_changed == "diff" and comp in r.diffs:
+            d = r.diffs[comp]
+            print(d, file=out, end="" if d.endswith("\n") else "\n")
+    for comp, verdict in r.verified.items():
+        print(f"       verify {comp}: {verdict}", file=out)
 
 
 def print_timing(records: list[PassRecord]) -> None:
