@@ -47,6 +47,7 @@ from qgraph.runtime.prompt import (
     resolve_language,
     split_language_prefix,
 )
+from qgraph.runtime.sharing import shared_initializers
 
 __all__ = ["AsrSession", "Timings", "Transcript", "default_max_tokens", "transcribe"]
 
@@ -210,7 +211,9 @@ class AsrSession:
 
     Create once, call ``transcribe`` many times. ``threads`` sets ORT's intra-op thread count
     (default: ORT's choice); ``optimization`` is ORT's graph optimization level
-    (``disable``/``basic``/``extended``/``all``).
+    (``disable``/``basic``/``extended``/``all``). With ``share_weights`` (default), weights that
+    decoder_init and decoder_step read from one shared data file are memory-mapped once and
+    given to both sessions (see ``qgraph.runtime.sharing``).
     """
 
     def __init__(
@@ -220,6 +223,7 @@ class AsrSession:
         threads: int | None = None,
         optimization: str = "all",
         providers: list[str] | None = None,
+        share_weights: bool = True,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.config = read_config(self.bundle_dir)
@@ -236,12 +240,22 @@ class AsrSession:
             "fmax": float(mel.get("fmax", 8000.0)),
         }
         self.tokenizer = load_tokenizer(self.bundle_dir)
-        options = _session_options(threads, optimization)
         providers = providers or ["CPUExecutionProvider"]
         paths = {name: component_path(self.bundle_dir, name) for name in COMPONENTS}
-        self.encoder = _Component("encoder", paths["encoder"], options, providers)
-        self.decoder_init = _Component("decoder_init", paths["decoder_init"], options, providers)
-        self.decoder_step = _Component("decoder_step", paths["decoder_step"], options, providers)
+        shared = shared_initializers(paths) if share_weights else {}
+        options = {}
+        for name in COMPONENTS:
+            options[name] = _session_options(threads, optimization)
+            for init_name, value in shared.get(name, {}).items():
+                options[name].add_initializer(init_name, value)
+        self._shared = shared  # the OrtValues must outlive the sessions
+        self.encoder = _Component("encoder", paths["encoder"], options["encoder"], providers)
+        self.decoder_init = _Component(
+            "decoder_init", paths["decoder_init"], options["decoder_init"], providers
+        )
+        self.decoder_step = _Component(
+            "decoder_step", paths["decoder_step"], options["decoder_step"], providers
+        )
 
         if len(self.encoder.input_types) != 1:
             raise BundleError(f"{self.encoder.path}: encoder must take exactly one input (mel)")
