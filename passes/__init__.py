@@ -5,18 +5,55 @@ classes, ``BUILTIN_PIPELINES`` the named pipelines (``name: (text, summary)``).
 """
 
 from qgraph.passes.cse import CommonSubexpressionElimination
+from qgraph.passes.extract_embed_fp16 import ExtractEmbedFp16
 from qgraph.passes.fold_constants import FoldConstants
+from qgraph.passes.fuse_bias_gelu import FuseBiasGelu
+from qgraph.passes.fuse_gelu import FuseGelu
+from qgraph.passes.fuse_gqa import FuseGroupQueryAttention
+from qgraph.passes.fuse_mha import FuseMultiHeadAttention
+from qgraph.passes.fuse_rms_norm import FuseRmsNorm
+from qgraph.passes.fuse_rotary_embedding import FuseRotaryEmbedding
+from qgraph.passes.fuse_skip_layer_norm import FuseSkipLayerNorm
+from qgraph.passes.fuse_skip_rms_norm import FuseSkipRmsNorm
+from qgraph.passes.inline_lm_head import InlineLmHead
 from qgraph.passes.remove_unused import RemoveUnused
+from qgraph.passes.shard_external_data import ShardExternalData
+from qgraph.passes.share_weights import ShareWeights
+from qgraph.passes.slice_init_logits import SliceInitLogits
 from qgraph.passes.strip_reshape_allowzero import StripReshapeAllowzero
+from qgraph.passes.to_fp16 import ToFp16
 from qgraph.passes.topological_sort import TopologicalSort
 
 BUILTIN_PASSES = [
+    # hygiene
     StripReshapeAllowzero,
     FoldConstants,
     RemoveUnused,
     CommonSubexpressionElimination,
     TopologicalSort,
+    # bundle layout
+    ExtractEmbedFp16,
+    InlineLmHead,
+    SliceInitLogits,
+    ShareWeights,
+    ShardExternalData,
+    # precision
+    ToFp16,
+    # fusion (ONNX Runtime contrib ops), in pipeline order
+    FuseRmsNorm,
+    FuseSkipRmsNorm,
+    FuseSkipLayerNorm,
+    FuseGelu,
+    FuseBiasGelu,
+    FuseRotaryEmbedding,
+    FuseGroupQueryAttention,
+    FuseMultiHeadAttention,
 ]
+
+# The release layout for encoder / decoder_init / decoder_step bundles. Every step is a no-op on
+# bundles without those components, so the named pipelines work on any model.
+_UNTIE = "inline-lm-head,slice-init-logits"
+_SHARE = "share-weights,remove-unused,topological-sort"
 
 BUILTIN_PIPELINES = {
     "hygiene": (
@@ -24,12 +61,26 @@ BUILTIN_PIPELINES = {
         "lossless clean-up: fold constants, strip provably-safe allowzero, merge duplicates, "
         "drop dead code, sort",
     ),
+    "fusions": (
+        "fuse-rms-norm,fuse-skip-rms-norm,fuse-skip-layer-norm,fuse-gelu,fuse-bias-gelu,"
+        "fuse-rotary-embedding,fuse-gqa,fuse-mha",
+        "ONNX Runtime contrib-op fusions: RMSNorm and LayerNorm with their residual Adds, GELU "
+        "with its bias, rotary embedding, then decoder (GQA) and encoder (MHA) attention",
+    ),
     "fp32": (
-        "hygiene",
-        "every lossless pass; the FP32 release layout",
+        f"hygiene,fusions,extract-embed-fp16{{dtype=float32}},{_UNTIE},{_SHARE}",
+        "every lossless pass: FP32 weights, ORT fusions, the step's embedding table as FP32 "
+        "embed_tokens.bin, untied lm_head, last-position prefill logits, one shared decoder "
+        "data file",
     ),
     "default": (
-        "fp32",
-        "the release pipeline (lossless part until quantization lands)",
+        f"hygiene,extract-embed-fp16,{_UNTIE},{_SHARE}",
+        "the release layout: as fp32 but embed_tokens.bin in FP16 (the public release's "
+        "choice; int4 decoders join once quantization lands)",
+    ),
+    "fp16": (
+        f"hygiene,extract-embed-fp16,{_UNTIE},to-fp16,{_SHARE}",
+        "FP16 weight storage (FP32 compute and I/O, masks clamped to stay finite): half the "
+        "disk of fp32",
     ),
 }

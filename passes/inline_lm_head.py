@@ -6,6 +6,10 @@ Runtime materialises at load anyway. This pass gives the lm_head its own ``[hidd
 weight (``lm_head.weight``), computed lazily and streamed at save time. Equal lm_heads of
 several components are stored once by ``share-weights``.
 
+With ``embed_from_lm_head`` (default) an embedding ``Gather`` of the same table is rewritten
+to read the new weight: Gather(E, ids) -> Transpose(Gather(E^T, ids, axis=1)), the same rows,
+so the table is stored once (as E^T) instead of twice.
+
 ``keep_tied=true`` leaves the run-time Transpose (one copy of the table on disk, no quantizable
 lm_head) and reports nothing to do.
 Does not fire: no ``MatMul`` whose weight is a ``Transpose(perm=[1,0])`` of a 2-D initializer
@@ -36,11 +40,16 @@ class InlineLmHead(BundlePass):
 
     name = "inline-lm-head"
     category = "bundle"
+    must_follow = ("extract-embed-fp16",)
+    reason = "the step's embedding table is extracted from its plain Gather first"
     components: tuple[str, ...] = option(
         ("decoder_init", "decoder_step"), "components whose lm_head is untied"
     )
     keep_tied: bool = option(False, "leave the lm_head as Transpose(embedding)")
     weight_name: str = option("lm_head.weight", "name of the new [hidden, vocab] initializer")
+    embed_from_lm_head: bool = option(
+        True, "let the embedding Gather read the new weight (axis 1) so the table is stored once"
+    )
 
     def call(self, bundle: Bundle) -> ir.passes.PassResult:
         if self.keep_tied:
@@ -61,9 +70,14 @@ class InlineLmHead(BundlePass):
                 name = (
                     self.weight_name if self.weight_name not in model.graph.initializers else None
                 )
-                weight = ir.Value(name=name, const_value=_transposed(table.const_value, name or ""))
+                head = _transposed(table.const_value, name or "")
+                weight = ir.Value(
+                    name=name, type=ir.TensorType(head.dtype), shape=head.shape, const_value=head
+                )
                 model.graph.register_initializer(weight)
                 matmul.replace_input_with(1, weight)
+                if self.embed_from_lm_head:
+                    self._gather_from(model, table, weight)
                 if not transpose.outputs[0].uses():
                     model.graph.remove(transpose, safe=True)
                 if not table.uses() and not table.is_graph_output():
@@ -72,6 +86,32 @@ class InlineLmHead(BundlePass):
             self.touch(comp)
             modified = True
         return ir.passes.PassResult(bundle, modified)
+
+    def _gather_from(self, model: ir.Model, table: ir.Value, weight: ir.Value) -> None:
+        """Gather(E, ids) -> Transpose(Gather(E^T, ids, axis=1)): the same rows, from E^T."""
+        for use in list(table.uses()):
+            node = use.node
+            ids = node.inputs[1] if len(node.inputs) > 1 else None
+            if (
+                node.op_type != "Gather"
+                or use.idx != 0
+                or node.attributes.get_int("axis", 0) != 0
+                or ids is None
+                or ids.shape is None
+            ):
+                continue
+            rank = len(ids.shape)
+            gather = ir.node("Gather", [weight, ids], {"axis": 1}, name=f"{node.name}_from_lm_head")
+            perm = [*range(1, rank + 1), 0]
+            back = ir.node(
+                "Transpose", [gather.outputs[0]], {"perm": perm}, name=f"{node.name}_rows"
+            )
+            model.graph.insert_before(node, [gather, back])
+            back.outputs[0].type = node.outputs[0].type
+            back.outputs[0].shape = node.outputs[0].shape
+            ir.convenience.replace_all_uses_with(node.outputs[0], back.outputs[0])
+            model.graph.remove(node, safe=True)
+            self.count("embedding reads lm_head")
 
     @staticmethod
     def _is_tied_head(node: ir.Node) -> bool:

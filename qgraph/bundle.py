@@ -183,7 +183,8 @@ class Bundle:
         except BaseException as err:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(err, OSError):
-                raise BundleError(f"cannot write {out}: {err.strerror or err}") from None
+                where = f" ({err.filename})" if err.filename else ""
+                raise BundleError(f"saving {out} failed: {err.strerror or err}{where}") from None
             raise
         logger.info("saved bundle %s", out)
         return out

@@ -39,3 +39,11 @@ def small_onnx(tmp_path: Path) -> Path:
     bundle.add_component("small", small_model())
     bundle.side_files["config.json"] = b'{"hello": 1}\n'
     return bundle.save(tmp_path / "small")
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random-weight Qwen3-ASR exported once per test session (about 15 s)."""
+    from qgraph.export.qwen3_asr.exporter import export_qwen3_asr
+
+    return export_qwen3_asr("tiny", tmp_path_factory.mktemp("tiny") / "raw")

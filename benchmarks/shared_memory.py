@@ -1,0 +1,87 @@
+"""Do decoder_init and decoder_step share their weights in memory?
+
+Loads a bundle in a fresh process per configuration and records resident memory (RSS) after
+the three ONNX Runtime sessions are created, and the peak after one transcription of 11 s of
+audio. Configurations: the raw bundle (one data file per decoder); the compiled bundle (one
+shared ``decoder_weights.data``) with plain sessions; the compiled bundle with
+``AsrSession(share_weights=True)`` (weights memory-mapped once, given to both sessions).
+
+    python benchmarks/shared_memory.py --raw RAW --compiled COMPILED [--out results/shared_memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+CHILD = r"""
+import json, resource, sys, time
+import numpy as np, psutil
+from qgraph.runtime import AsrSession
+bundle, share = sys.argv[1], sys.argv[2] == "1"
+proc = psutil.Process()
+base = proc.memory_info().rss
+t0 = time.perf_counter()
+session = AsrSession(bundle, share_weights=share, threads=2)
+load_s = time.perf_counter() - t0
+loaded = proc.memory_info().rss
+audio = (0.1 * np.random.default_rng(0).standard_normal(11 * 16000)).astype(np.float32)
+t0 = time.perf_counter()
+out = session.transcribe(audio, max_tokens=30)
+run_s = time.perf_counter() - t0
+print(json.dumps({
+    "rss_before_mb": base / 2**20,
+    "rss_loaded_mb": loaded / 2**20,
+    "rss_after_run_mb": proc.memory_info().rss / 2**20,
+    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "load_s": load_s,
+    "transcribe_s": run_s,
+    "tokens": len(out.token_ids),
+}))
+"""
+
+
+def measure(bundle: Path, share: bool) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(bundle), "1" if share else "0"],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--raw", type=Path, required=True)
+    ap.add_argument("--compiled", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "shared_memory")
+    args = ap.parse_args()
+    configs = [
+        ("raw, two data files", args.raw, False),
+        ("compiled, shared file, plain sessions", args.compiled, False),
+        ("compiled, shared file, share_weights=True", args.compiled, True),
+    ]
+    rows = []
+    for label, bundle, share in configs:
+        row = {"config": label, "bundle": str(bundle), **measure(bundle, share)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    lines = [
+        "| configuration | RSS after load (MB) | peak RSS (MB) | load (s) | transcribe 11 s, 30 tokens (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['config']} | {r['rss_loaded_mb']:.0f} | {r['peak_rss_mb']:.0f} | "
+            f"{r['load_s']:.1f} | {r['transcribe_s']:.2f} |"
+        )
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

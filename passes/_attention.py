@@ -1,0 +1,312 @@
+"""Shared part of the attention fusions (``fuse-gqa``, ``fuse-mha``).
+
+``find_sites`` anchors on every Softmax and recognises scaled-dot-product attention around it::
+
+    p = Softmax(scale * (q @ Transpose(repeat_kv([Concat(past_k, k)]), [0,1,3,2])) [+ mask])
+    o = Transpose(p @ repeat_kv([Concat(past_v, v)]), [0,2,1,3]) [-> Reshape to [B,S,H*D]]
+
+returning an ``Attention`` record (or counting ``skipped:<reason>`` on the pass). The scale may be
+spread over the scores, q and the transposed keys (Mul by a constant or Div by one); identity
+Slices around ``repeat_kv`` are skipped. ``fuse_site`` puts a fused op in place of the site:
+its output replaces ``o``, its present outputs replace the concatenated caches for every
+consumer outside the attention (renaming graph outputs so that the I/O stays identical), and
+``finish`` sorts the graph and drops the dead nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+
+from qgraph.pass_api import QPass
+from qgraph.passes._rewrite import (
+    MS,
+    Builder,
+    const_ints,
+    int_attr,
+    ints_attr,
+    is_last_axis,
+    producer,
+    rank,
+    remove_dead,
+    same_dim,
+    scalar,
+    static_dim,
+)
+
+_ENDLESS = 2**31 - 1
+
+
+@dataclass
+class Attention:
+    q: ir.Value
+    k_new: ir.Value
+    v_new: ir.Value
+    past_k: ir.Value | None
+    past_v: ir.Value | None
+    k_total: ir.Value
+    v_total: ir.Value
+    heads: int
+    kv_heads: int
+    head_dim: int
+    scale: float
+    mask: ir.Value | None
+    out: ir.Value
+    out_bsd: bool
+    core: set[ir.Node] = field(default_factory=set)
+    _bsd: tuple[ir.Value, ir.Value, ir.Value] | None = None
+
+    def batch1_only(self) -> bool:
+        """True when the site has several queries and a batch that is not provably 1."""
+        return static_dim(self.q, 2) != 1 and static_dim(self.q, 0) != 1
+
+    def bsd_inputs(self, b: Builder) -> tuple[ir.Value, ir.Value, ir.Value]:
+        """q, k, v as [B,S,H*D] (built once)."""
+        if self._bsd is None:
+            self._bsd = (
+                to_bsd(b, self.q, self.heads),
+                to_bsd(b, self.k_new, self.kv_heads),
+                to_bsd(b, self.v_new, self.kv_heads),
+            )
+        return self._bsd
+
+
+def _identity_slice(node: ir.Node) -> bool:
+    if node.op_type != "Slice" or node.domain not in ("", "ai.onnx") or len(node.inputs) < 3:
+        return False
+    ins = [*node.inputs[1:], None, None]
+    starts, ends = const_ints(ins[0]), const_ints(ins[1])
+    steps = const_ints(ins[3]) if ins[3] is not None else None
+    if starts is None or ends is None or (ins[3] is not None and steps != [1] * len(starts)):
+        return False
+    return all(s == 0 for s in starts) and all(e >= _ENDLESS for e in ends)
+
+
+def _skip_slices(v: ir.Value, core: set[ir.Node]) -> ir.Value:
+    while (node := v.producer()) is not None and _identity_slice(node):
+        core.add(node)
+        v = node.inputs[0]
+    return v
+
+
+def _scale(v: ir.Value, core: set[ir.Node]) -> tuple[ir.Value, float]:
+    """Peel Mul-by-constant / Div-by-constant nodes: (value before them, product of factors)."""
+    factor = 1.0
+    while (node := v.producer()) is not None and node.domain in ("", "ai.onnx"):
+        right = scalar(node.inputs[1]) if len(node.inputs) == 2 else None
+        if node.op_type == "Div" and right:
+            factor, v = factor / right, node.inputs[0]
+        elif node.op_type == "Mul" and right is not None:
+            factor, v = factor * right, node.inputs[0]
+        elif node.op_type == "Mul" and (left := scalar(node.inputs[0])) is not None:
+            factor, v = factor * left, node.inputs[1]
+        else:
+            break
+        core.add(node)
+    return v, factor
+
+
+def _unrepeat(v: ir.Value, core: set[ir.Node]) -> tuple[ir.Value, int]:
+    """(cache, n_rep) for ``Reshape(Expand(Unsqueeze(cache, 2)))`` (repeat_kv), else (v, 1)."""
+    v = _skip_slices(v, core)
+    reshape = producer(v, "Reshape")
+    expand = producer(_skip_slices(reshape.inputs[0], set()), "Expand") if reshape else None
+    unsq = producer(_skip_slices(expand.inputs[0], set()), "Unsqueeze") if expand else None
+    if unsq is None:
+        return v, 1
+    axes = const_ints(unsq.inputs[1]) if len(unsq.inputs) > 1 else ints_attr(unsq, "axes")
+    n_rep = static_dim(expand.outputs[0], 2)
+    if axes != [2] or rank(expand.outputs[0]) != 5 or rank(v) != 4 or n_rep is None:
+        return v, 1
+    core.update((reshape, expand, unsq))
+    _skip_slices(reshape.inputs[0], core)
+    _skip_slices(expand.inputs[0], core)
+    return _skip_slices(unsq.inputs[0], core), n_rep
+
+
+def _sole_user(v: ir.Value, op_type: str) -> ir.Node | None:
+    users = list(v.uses())
+    if len(users) != 1 or v.is_graph_output():
+        return None
+    node = users[0][0]
+    return node if node.op_type == op_type and node.domain in ("", "ai.onnx") else None
+
+
+def _split_past(total: ir.Value) -> tuple[ir.Value | None, ir.Value]:
+    cat = producer(total, "Concat")
+    if cat is None or len(cat.inputs) != 2 or int_attr(cat, "axis", 0) not in (2, -2):
+        return None, total
+    return cat.inputs[0], cat.inputs[1]
+
+
+def match(sm: ir.Node) -> Attention | str:
+    """The attention site around Softmax ``sm``, or why there is none."""
+    if not is_last_axis(int_attr(sm, "axis", -1), rank(sm.inputs[0])):
+        return "softmax is not over the last axis"
+    core, x, mask = {sm}, sm.inputs[0], None
+    if (add := producer(x, "Add")) is not None:
+        for i in (0, 1):
+            if producer(_scale(add.inputs[i], set())[0], "MatMul") is not None:
+                x, mask = add.inputs[i], add.inputs[1 - i]
+                core.add(add)
+                break
+    x, scale = _scale(x, core)
+    mm = producer(x, "MatMul")
+    if mm is None:
+        return "softmax input is not q @ k^T"
+    core.add(mm)
+    q, f1 = _scale(mm.inputs[0], core)
+    kt, f2 = _scale(mm.inputs[1], core)
+    tr = producer(kt, "Transpose")
+    if tr is None or ints_attr(tr, "perm") != [0, 1, 3, 2]:
+        return "keys are not transposed on the last two axes"
+    core.add(tr)
+    kr, f3 = _scale(tr.inputs[0], core)
+    k_total, n_rep = _unrepeat(kr, core)
+    pv = _sole_user(sm.outputs[0], "MatMul")
+    if pv is None or pv.inputs[0] is not sm.outputs[0]:
+        return "probabilities do not feed a single p @ v"
+    core.add(pv)
+    v_total, n_rep_v = _unrepeat(pv.inputs[1], core)
+    back = _sole_user(pv.outputs[0], "Transpose")
+    if back is None or ints_attr(back, "perm") != [0, 2, 1, 3]:
+        return "output is not transposed back to [B,S,H,D]"
+    core.add(back)
+    out, out_bsd = back.outputs[0], False
+    merge = _sole_user(out, "Reshape")
+    if merge is not None:
+        o = merge.outputs[0]
+        if rank(o) == 3 and same_dim(o, 0, q, 0) and same_dim(o, 1, q, 2):
+            core.add(merge)
+            out, out_bsd = o, True
+    past_k, k_new = _split_past(k_total)
+    past_v, v_new = _split_past(v_total)
+    heads, head_dim, kv_heads = static_dim(q, 1), static_dim(q, 3), static_dim(k_new, 1)
+    if None in (heads, head_dim, kv_heads) or any(rank(t) != 4 for t in (q, k_new, v_new)):
+        return "heads or head size not static"
+    if (past_k is None) != (past_v is None) or n_rep != n_rep_v or heads != kv_heads * n_rep:
+        return "keys and values are not cached and repeated alike"
+    if out_bsd and static_dim(out, 2) != heads * head_dim:
+        return "output is not reshaped to [B,S,H*D]"
+    if not all(static_dim(t, -1) == head_dim for t in (k_new, v_new)):
+        return "head sizes of q, k and v differ"
+    if not all(static_dim(t, 1) == kv_heads for t in (v_new, past_k, past_v) if t is not None):
+        return "head counts of the caches differ"
+    for node in core:
+        for o in node.outputs:
+            if o is not out and (o.is_graph_output() or any(u not in core for u, _ in o.uses())):
+                return "attention internals are used elsewhere"
+    if out.is_graph_output():
+        return "attention output is a graph output"
+    scale *= f1 * f2 * f3
+    return Attention(
+        q, k_new, v_new, past_k, past_v, k_total, v_total, heads, kv_heads, head_dim, scale,
+        mask, out, out_bsd, core,
+    )  # fmt: skip
+
+
+def find_sites(p: QPass, model: ir.Model) -> list[Attention]:
+    """Every attention site of the main graph; counts near misses on ``p``."""
+    sites = []
+    for node in model.graph:
+        if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
+            continue
+        site = match(node)
+        if isinstance(site, str):
+            p.count(f"skipped:{site}")
+        else:
+            sites.append(site)
+    return sites
+
+
+# -- rewriting ------------------------------------------------------------------------------------
+def _merge_heads(b: Builder, y: ir.Value, width: int) -> ir.Value:
+    """[B,S,H,D] -> [B,S,H*D], reusing the [B,S,H*D] tensor a head-split Reshape came from."""
+    split = producer(y, "Reshape")
+    if split is not None:
+        x = split.inputs[0]
+        if rank(x) == 3 and static_dim(x, 2) == width and same_dim(x, 0, y, 0):
+            if same_dim(x, 1, y, 1):
+                return x
+    return b.one("Reshape", [y, b.ints([0, 0, -1])])
+
+
+def to_bsd(b: Builder, v: ir.Value, heads: int) -> ir.Value:
+    """A [B,H,S,D] value as [B,S,H*D] with the fewest new nodes."""
+    width = heads * static_dim(v, 3)
+    node = v.producer()
+    if node is not None and node.op_type == "Transpose" and ints_attr(node, "perm") == [0, 2, 1, 3]:
+        return _merge_heads(b, node.inputs[0], width)
+    inner = node.inputs[0].producer() if node is not None and node.inputs else None
+    if (
+        node is not None
+        and (node.domain, node.op_type) == (MS, "RotaryEmbedding")
+        and inner is not None
+        and inner.op_type == "Transpose"
+        and ints_attr(inner, "perm") == [0, 2, 1, 3]
+    ):
+        attrs = {k: a for k, a in node.attributes.items() if k != "num_heads"}
+        x3 = _merge_heads(b, inner.inputs[0], width)
+        return b.one(
+            "RotaryEmbedding", [x3, *node.inputs[1:]], domain=MS, num_heads=heads, **attrs
+        )
+    t = b.one("Transpose", [v], perm=[0, 2, 1, 3])
+    return b.one("Reshape", [t, b.ints([0, 0, -1])])
+
+
+def lengths(b: Builder, site: Attention, cache: dict) -> tuple[ir.Value, ir.Value]:
+    """GQA's seqlens_k (int32 [B], total - 1) and total_sequence_length (int32 scalar)."""
+    dims = (ir_dim(site.q, 0), ir_dim(site.k_new, 2), ir_dim(site.past_k, 2))
+    key = dims if None not in dims[:2] and (site.past_k is None or dims[2] is not None) else None
+    if key is not None and key in cache:
+        return cache[key]
+    q, k, _ = site.bsd_inputs(b)
+    total = b.one("Shape", [k], start=1, end=2)
+    if site.past_k is not None:
+        total = b.one("Add", [b.one("Shape", [site.past_k], start=2, end=3), total])
+    last = b.one("Expand", [b.one("Sub", [total, b.ints([1])]), b.one("Shape", [q], end=1)])
+    seqlens = b.one("Cast", [last], to=ir.DataType.INT32)
+    total32 = b.one("Cast", [b.one("Reshape", [total, b.ints([])])], to=ir.DataType.INT32)
+    if key is not None:
+        cache[key] = (seqlens, total32)
+    return seqlens, total32
+
+
+def ir_dim(v: ir.Value | None, axis: int) -> str | None:
+    """A hashable name for a dimension that is provably shared (int or named symbol)."""
+    if v is None or v.shape is None or axis >= v.shape.rank():
+        return None
+    d = v.shape[axis]
+    return str(d) if isinstance(d, int) or d.value is not None else None
+
+
+def fuse_site(
+    graph: ir.Graph,
+    b: Builder,
+    site: Attention,
+    out: ir.Value,
+    presents: tuple[ir.Value, ir.Value] | None = None,
+) -> None:
+    """Insert ``b``'s nodes before the site's output and rewire consumers to the fused op."""
+    if not site.out_bsd:
+        out = b.one("Reshape", [out, b.ints([0, 0, site.heads, site.head_dim])])
+    out.shape, out.type = site.out.shape, site.out.type
+    created = set(b.nodes)
+    b.commit(graph, site.out.producer())
+    ir.convenience.replace_all_uses_with(site.out, out)
+    for old, new in zip((site.k_total, site.v_total), presents or (), strict=False):
+        new.shape, new.type = old.shape, old.type
+        for user, index in list(old.uses()):
+            if user not in site.core and user not in created:
+                user.replace_input_with(index, new)
+        if old.is_graph_output():
+            index = list(graph.outputs).index(old)
+            name, old.name = old.name, None
+            graph.outputs[index] = new
+            new.name = name
+
+
+def finish(model: ir.Model) -> None:
+    model.graph.sort()
+    remove_dead(model)

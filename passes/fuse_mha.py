@@ -1,0 +1,97 @@
+"""Bidirectional attention (no cache) -> ``com.microsoft:MultiHeadAttention``.
+
+Rewrite (per Softmax; q, k, v in [B,H,S,D] / [B,H,L,D])::
+
+    p = Softmax(scale * (q @ Transpose(k, [0,1,3,2])) [+ mask], axis=-1)
+    o = Reshape(Transpose(p @ v, [0,2,1,3]), [B,S,H*D])
+  ->
+    o = MultiHeadAttention(q', k', v', attention_bias=mask', num_heads=H, scale)
+
+``q'``/``k'``/``v'`` are the [B,S,H*D] tensors the head-split Reshape/Transpose came from (the
+projections' outputs), so the fused op reads them without a copy. The additive mask becomes
+``attention_bias``: used as is when it is already [B|1, H|1, S, L], else expanded once per
+mask tensor to that shape (a key-padding mask [B,1,1,L] becomes [B,1,S,L]), so masking is
+bit-for-bit the same additive bias as before. This is the encoder's windowed self-attention.
+
+Does not fire (``skipped:<reason>``): grouped KV heads or a past-cache concat (``fuse-gqa``'s
+sites); a mask that is not rank 4 or whose head axis is neither 1 nor H; the general matcher's
+reasons (heads or head size not static, internals used elsewhere, softmax not on the last
+axis). Causal decoder attention is left to ``fuse-gqa`` when both run (it runs first).
+Scope: the main graph.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from qgraph.pass_api import GraphPass, Tolerance
+from qgraph.passes._attention import Attention, find_sites, finish, fuse_site
+from qgraph.passes._rewrite import MS, Builder, rank, same_dim, static_dim
+
+
+def _refusal(site: Attention) -> str | None:
+    if site.past_k is not None:
+        return "past key/value cache (fuse-gqa's case)"
+    if site.kv_heads != site.heads:
+        return "grouped KV heads (fuse-gqa's case)"
+    mask = site.mask
+    if mask is not None and (rank(mask) != 4 or static_dim(mask, 1) not in (1, site.heads)):
+        return "mask is not [B|1, H|1, S|1, L]"
+    return None
+
+
+def _bias(b: Builder, site: Attention, cache: dict) -> ir.Value | None:
+    mask = site.mask
+    if mask is None:
+        return None
+    if same_dim(mask, 2, site.q, 2) and same_dim(mask, 3, site.k_total, 2):
+        return mask
+    if mask not in cache:
+        q, k, _ = site.bsd_inputs(b)
+        shape = b.one(
+            "Concat",
+            [
+                b.one("Shape", [mask], start=0, end=2),
+                b.one("Shape", [q], start=1, end=2),
+                b.one("Shape", [k], start=1, end=2),
+            ],
+            axis=0,
+        )
+        cache[mask] = b.one("Expand", [mask, shape])
+    return cache[mask]
+
+
+class FuseMultiHeadAttention(GraphPass):
+    """Bidirectional attention (optional additive mask) -> MultiHeadAttention."""
+
+    name = "fuse-mha"
+    category = "fusion"
+    tolerance = Tolerance(atol=1e-4, rtol=1e-3)
+    must_follow = ("fuse-gqa",)
+    reason = "causal decoder attention belongs to fuse-gqa"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        sites = []
+        for site in find_sites(self, model):
+            reason = _refusal(site)
+            if reason is not None:
+                self.count(f"skipped:{reason}")
+                continue
+            sites.append(site)
+        cache: dict = {}
+        for site in sites:
+            b = Builder()
+            q, k, v = site.bsd_inputs(b)
+            bias = _bias(b, site, cache)
+            out = b.one(
+                "MultiHeadAttention",
+                [q, k, v, None, None, bias] if bias is not None else [q, k, v],
+                domain=MS,
+                num_heads=site.heads,
+                scale=float(site.scale),
+            )
+            fuse_site(model.graph, b, site, out)
+            self.count("fused")
+        if sites:
+            finish(model)
+        return ir.passes.PassResult(model, bool(sites))

@@ -1,0 +1,118 @@
+"""RMSNorm chain -> ``SimplifiedLayerNormalization`` (ORT's contrib op, registered in ai.onnx).
+
+Rewrite::
+
+    [xf = Cast(x, to=float|double)]                       # optional up-cast, else xf = x
+    ms  = ReduceMean(Pow(xf, 2) | Mul(xf, xf), axes=[-1], keepdims=1)
+    n   = xf * Reciprocal(Sqrt(ms + eps)) | xf / Sqrt(ms + eps) | xf * (1 / Sqrt(ms + eps))
+    [n  = Cast(n, to=T)]                                  # optional down-cast
+    y   = n * scale | scale * n
+  ->
+    y   = SimplifiedLayerNormalization(x, scale, axis=-1, epsilon=eps, stash_type=float|double)
+
+Every commutation of the Adds and Muls is accepted; ``axes`` may be an input (opset 18+) or an
+attribute (opset 13-17), and may name the last axis as -1 or rank-1.
+
+Does not fire (counted as ``skipped:<reason>``): the mean is not over the last axis alone or
+drops the axis; the exponent is not 2; epsilon is not a constant scalar; ``scale`` is not a 1-D
+tensor as long as the normalized axis (a broadcast scalar or a [1,1,D] scale); the
+normalization runs in a type other than float/double; the scale's type differs from the
+result's. Intermediate values used outside the chain leave the chain as it is.
+Scope: the main graph (and functions); the rest of the model is untouched. The ORT kernel
+computes in the stash type, so results agree to float rounding (atol 1e-5).
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from qgraph.pass_api import GraphPass, Tolerance
+from qgraph.passes._rewrite import (
+    apply_rules,
+    fail,
+    int_attr,
+    is_last_axis,
+    is_scalar,
+    rank,
+    reduce_axes,
+    scalar,
+    static_dim,
+)
+
+_FLOATS = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE}
+_COMPUTE = {ir.DataType.FLOAT: 1, ir.DataType.DOUBLE: 11}
+
+
+def _types(x: ir.Value, up: ir.Value | None, down: ir.Value | None):
+    """(type the norm is computed in, type of the normalized value), from the optional Casts."""
+    compute = ir.DataType(int_attr(up.producer(), "to", 0)) if up is not None else x.dtype
+    result = ir.DataType(int_attr(down.producer(), "to", 0)) if down is not None else compute
+    return compute, result
+
+
+class _RmsNorm(pattern.RewriteRuleClassBase):
+    def __init__(self, name: str, *, scale_first: bool) -> None:
+        super().__init__(name)
+        self._scale_first = scale_first
+
+    def pattern(self, op, x, scale, exponent, eps, one):
+        xf = pattern.OrValue([op.Cast(x, _outputs=["up"]), x])
+        square = pattern.OrValue([op.Pow(xf, exponent), op.Mul(xf, xf)])
+        ms = op.ReduceMean(
+            square, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["ms"]
+        )
+        root = op.Sqrt(pattern.OrValue([op.Add(ms, eps), op.Add(eps, ms)]))
+        inv = pattern.OrValue([op.Reciprocal(root), op.Div(one, root)])
+        normed = pattern.OrValue([op.Mul(xf, inv), op.Mul(inv, xf), op.Div(xf, root)])
+        normed = pattern.OrValue([op.Cast(normed, _outputs=["down"]), normed])
+        if self._scale_first:
+            return op.Mul(scale, normed)
+        return op.Mul(normed, scale)
+
+    def check(self, context, x, scale, ms, exponent=None, eps=None, one=None, **kw):
+        if exponent is not None and not is_scalar(exponent, 2.0):
+            return fail("exponent is not 2")
+        if one is not None and not is_scalar(one, 1.0):
+            return fail("numerator is not 1")
+        epsilon = scalar(eps)
+        if epsilon is None or epsilon < 0:
+            return fail("epsilon is not a constant scalar")
+        node = ms.producer()
+        axes = reduce_axes(node)
+        if int_attr(node, "keepdims", 1) != 1:
+            return fail("mean drops the reduced axis")
+        if axes is None or len(axes) != 1 or not is_last_axis(axes[0], rank(x)):
+            return fail("mean is not over the last axis")
+        width = static_dim(x, -1)
+        if rank(scale) != 1 or width is None or static_dim(scale, 0) != width:
+            return fail("scale is not 1-D over the normalized axis")
+        compute, result = _types(x, kw.get("up"), kw.get("down"))
+        if x.dtype not in _FLOATS or compute not in _COMPUTE:
+            return fail("normalization is not computed in float or double")
+        if scale.dtype != result:
+            return fail("scale type differs from the result type")
+        return True
+
+    def rewrite(self, op, x, scale, eps, up=None, down=None, **_):
+        compute, _ = _types(x, up, down)
+        return op.SimplifiedLayerNormalization(
+            x, scale, axis=-1, epsilon=scalar(eps), stash_type=_COMPUTE[compute]
+        )
+
+
+RULES = [
+    _RmsNorm.rule("rms-norm", scale_first=False),
+    _RmsNorm.rule("rms-norm-scale-first", scale_first=True),
+]
+
+
+class FuseRmsNorm(GraphPass):
+    """RMSNorm chain (mean of squares, eps, rsqrt, scale) -> SimplifiedLayerNormalization."""
+
+    name = "fuse-rms-norm"
+    category = "fusion"
+    tolerance = Tolerance(atol=1e-5, rtol=1e-4)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return ir.passes.PassResult(model, apply_rules(self, model, RULES))

@@ -1,0 +1,84 @@
+"""Residual Add + LayerNormalization -> ``com.microsoft:SkipLayerNormalization``.
+
+Rewrite::
+
+    s = Add(a, b) | Add(Add(a, bias), b) | Add(Add(a, b), bias)    (any operand order)
+    y = LayerNormalization(s, gamma[, beta], axis=-1)
+  ->
+    y, _, _, s = SkipLayerNormalization(a, b, gamma, beta, bias, epsilon)
+
+A projection bias feeding the residual Add (``MatMul + bias``, the usual pre-LN layout) folds
+into the op's ``bias`` input; the sum stays available as the fourth output for the next
+residual.
+
+Does not fire (``skipped:<reason>``): ``a`` and ``b`` are not rank-2/3 tensors of one provable
+shape; ``gamma``, ``beta`` or ``bias`` are not 1-D over the hidden axis; the norm is not over
+the last axis, does not stash in float, returns its mean or inverse standard deviation, or
+mixes element types. A LayerNormalization with no residual Add in front (the first pre-LN of a
+stack, or one behind a Reshape/Slice) stays as it is.
+Scope: the main graph.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from qgraph.pass_api import GraphPass, Tolerance
+from qgraph.passes._rewrite import (
+    MS,
+    apply_rules,
+    check_residual,
+    fail,
+    rank,
+    residual_sum,
+    static_dim,
+)
+
+
+class _SkipLayerNorm(pattern.RewriteRuleClassBase):
+    def __init__(self, name: str, *, bias: str, beta: bool) -> None:
+        super().__init__(name)
+        self._bias, self._beta = bias, beta
+
+    def pattern(self, op, a, b, gamma, beta, bias):
+        s = residual_sum(op, a, b, bias, self._bias)
+        inputs = (s, gamma, beta) if self._beta else (s, gamma)
+        return op.LayerNormalization(*inputs, _allow_other_attributes=True, _outputs=["y"]), s
+
+    def check(self, context, a, b, gamma, y, beta=None, bias=None, **_):
+        if beta is not None and (rank(beta) != 1 or static_dim(beta, 0) != static_dim(a, -1)):
+            return fail("beta is not 1-D over the hidden axis")
+        return check_residual(a, b, gamma, bias, y)
+
+    def rewrite(self, op, a, b, gamma, y, beta=None, bias=None, **_):
+        eps = y.producer().attributes.get("epsilon")
+        inputs = [a, b, gamma, beta, bias]
+        while inputs[-1] is None:
+            inputs.pop()
+        out, _, _, s = op.SkipLayerNormalization(
+            *inputs,
+            epsilon=eps.as_float() if eps is not None else 1e-5,
+            _domain=MS,
+            _outputs=4,
+        )
+        return out, s
+
+
+RULES = [
+    rule
+    for beta in (True, False)
+    for bias in ("input", "sum", "none")
+    for rule in _SkipLayerNorm.rule(f"skip-ln-{bias}-{beta}", bias=bias, beta=beta).commute()
+]
+
+
+class FuseSkipLayerNorm(GraphPass):
+    """Residual Add (+ projection bias) + LayerNormalization -> SkipLayerNormalization."""
+
+    name = "fuse-skip-layer-norm"
+    category = "fusion"
+    tolerance = Tolerance(atol=1e-5, rtol=1e-4)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return ir.passes.PassResult(model, apply_rules(self, model, RULES))

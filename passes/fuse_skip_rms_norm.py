@@ -1,0 +1,72 @@
+"""Residual Add + RMSNorm -> ``com.microsoft:SkipSimplifiedLayerNormalization``.
+
+Rewrite::
+
+    s = Add(a, b) | Add(Add(a, bias), b) | Add(a, Add(b, bias)) | Add(Add(a, b), bias)
+    y = SimplifiedLayerNormalization(s, gamma, axis=-1)        # from fuse-rms-norm
+      | RMSNormalization(s, gamma, axis=-1)                     # opset 23
+  ->
+    y, _, _, s = SkipSimplifiedLayerNormalization(a, b, gamma[, bias], epsilon)
+
+The sum ``s`` stays available (the op's fourth output) for the next residual Add.
+
+Does not fire (``skipped:<reason>``): ``a`` and ``b`` are not rank-2/3 tensors of one provable
+shape (a broadcasting residual); ``gamma`` or ``bias`` is not 1-D over the hidden axis; the
+norm is not over the last axis, stashes in a type other than float, returns its inverse
+standard deviation, or mixes element types (the contrib op has one type for all tensors).
+Scope: the main graph. Needs ``fuse-rms-norm`` first for decomposed RMSNorm chains.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+from onnxscript.rewriter import pattern
+
+from qgraph.pass_api import GraphPass, Tolerance
+from qgraph.passes._rewrite import MS, apply_rules, check_residual, residual_sum
+
+
+class _SkipRmsNorm(pattern.RewriteRuleClassBase):
+    def __init__(self, name: str, *, norm: str, bias: str) -> None:
+        super().__init__(name)
+        self._norm, self._bias = norm, bias
+
+    def pattern(self, op, a, b, gamma, bias):
+        s = residual_sum(op, a, b, bias, self._bias)
+        norm = getattr(op, self._norm)
+        return norm(s, gamma, _allow_other_attributes=True, _outputs=["y"]), s
+
+    def check(self, context, a, b, gamma, y, bias=None, **_):
+        return check_residual(a, b, gamma, bias, y)
+
+    def rewrite(self, op, a, b, gamma, y, bias=None, **_):
+        eps = y.producer().attributes.get("epsilon")
+        inputs = [a, b, gamma] + ([bias] if bias is not None else [])
+        out, _, _, s = op.SkipSimplifiedLayerNormalization(
+            *inputs,
+            epsilon=eps.as_float() if eps is not None else 1e-5,
+            _domain=MS,
+            _outputs=4,
+        )
+        return out, s
+
+
+RULES = [
+    rule
+    for norm in ("SimplifiedLayerNormalization", "RMSNormalization")
+    for bias in ("input", "sum", "none")
+    for rule in _SkipRmsNorm.rule(f"skip-{norm}-{bias}", norm=norm, bias=bias).commute()
+]
+
+
+class FuseSkipRmsNorm(GraphPass):
+    """Residual Add + RMSNorm -> SkipSimplifiedLayerNormalization (sum kept as 4th output)."""
+
+    name = "fuse-skip-rms-norm"
+    category = "fusion"
+    tolerance = Tolerance(atol=1e-5, rtol=1e-4)
+    must_follow = ("fuse-rms-norm",)
+    reason = "it fuses the SimplifiedLayerNormalization that fuse-rms-norm produces"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return ir.passes.PassResult(model, apply_rules(self, model, RULES))

@@ -1,0 +1,63 @@
+"""Fixtures for the fusion tests: the tiny Qwen3-ASR, exported once per session and cleaned.
+
+``tiny_clean`` is the raw export after the ``hygiene`` pipeline (the graphs the fusions see in
+``fp32``); ``tiny_component(name, *passes)`` loads one of its components and applies passes
+in order, so each fusion is tested on the graph its predecessors leave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx_ir as ir
+import pytest
+from onnx_ir.passes.common import ShapeInferencePass
+
+from qgraph.bundle import Bundle
+from qgraph.pass_api import GraphPass
+from qgraph.testing import model_from_text
+
+LoadComponent = Callable[..., ir.Model]
+
+
+@pytest.fixture(scope="session")
+def tiny_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    from qgraph.cli import main
+
+    out = tmp_path_factory.mktemp("fusions") / "raw"
+    assert main(["export", "qwen3-asr", "--model", "tiny", "-o", str(out), "-q"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_clean(tiny_raw: Path) -> Path:
+    from qgraph.cli import main
+
+    out = tiny_raw.parent / "hygiene"
+    assert main(["compile", str(tiny_raw), "-o", str(out), "--passes", "hygiene"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_component(tiny_clean: Path) -> LoadComponent:
+    def load(name: str, *passes: GraphPass) -> ir.Model:
+        model = Bundle.load(tiny_clean / f"{name}.onnx").components[name]
+        for p in passes:
+            p(model)
+        return model
+
+    return load
+
+
+def _typed(text: str) -> ir.Model:
+    model = model_from_text(text)
+    ShapeInferencePass()(model)
+    return model
+
+
+@pytest.fixture(scope="session")
+def typed() -> Callable[[str], ir.Model]:
+    """Model from ONNX text with inferred types and shapes, as ``hygiene`` leaves graphs."""
+    return _typed
