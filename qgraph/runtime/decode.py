@@ -47,7 +47,7 @@ from qgraph.runtime.prompt import (
     resolve_language,
     split_language_prefix,
 )
-from qgraph.runtime.sharing import shared_initializers
+from qgraph.runtime.sharing import sharing_components
 
 __all__ = ["AsrSession", "Timings", "Transcript", "default_max_tokens", "transcribe"]
 
@@ -212,8 +212,8 @@ class AsrSession:
     Create once, call ``transcribe`` many times. ``threads`` sets ORT's intra-op thread count
     (default: ORT's choice); ``optimization`` is ORT's graph optimization level
     (``disable``/``basic``/``extended``/``all``). With ``share_weights`` (default), weights that
-    decoder_init and decoder_step read from one shared data file are memory-mapped once and
-    given to both sessions (see ``qgraph.runtime.sharing``).
+    decoder_init and decoder_step read from one shared data file stay memory-mapped (no
+    per-session pre-packed copies), so the process holds one copy (``qgraph.runtime.sharing``).
     """
 
     def __init__(
@@ -242,13 +242,13 @@ class AsrSession:
         self.tokenizer = load_tokenizer(self.bundle_dir)
         providers = providers or ["CPUExecutionProvider"]
         paths = {name: component_path(self.bundle_dir, name) for name in COMPONENTS}
-        shared = shared_initializers(paths) if share_weights else {}
+        shared = sharing_components(paths) if share_weights else set()
         options = {}
         for name in COMPONENTS:
             options[name] = _session_options(threads, optimization)
-            for init_name, value in shared.get(name, {}).items():
-                options[name].add_initializer(init_name, value)
-        self._shared = shared  # the OrtValues must outlive the sessions
+            if name in shared:  # keep weights in the shared mapping instead of private copies
+                options[name].add_session_config_entry("session.disable_prepacking", "1")
+        self.shared_weights = sorted(shared)
         self.encoder = _Component("encoder", paths["encoder"], options["encoder"], providers)
         self.decoder_init = _Component(
             "decoder_init", paths["decoder_init"], options["decoder_init"], providers
