@@ -124,3 +124,29 @@ def test_registry_rejects_name_clash():
 
     with pytest.raises(PipelineError, match="taken"):
         reg.register(Other)
+
+
+def test_entry_point_plugins_register(monkeypatch):
+    import types
+
+    import qgraph.registry as registry_module
+
+    plugin = types.ModuleType("fake_plugin")
+    plugin.Quant = _Quant
+    monkeypatch.setattr(_Quant, "__module__", "fake_plugin")
+
+    class EntryPoint:
+        def __init__(self, name, obj):
+            self.name, self.obj = name, obj
+
+        def load(self):
+            return self.obj
+
+    def fake_entry_points(group):
+        assert group == "qgraph.passes"
+        return [EntryPoint("mod", plugin), EntryPoint("cls", _Fuse)]
+
+    monkeypatch.setattr(registry_module, "entry_points", fake_entry_points)
+    reg = Registry()
+    reg.load_entry_points()
+    assert set(reg.passes) == {"test-quant", "test-fuse"}
