@@ -11,6 +11,9 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
+
+from qgraph.errors import ExportError
 
 NAME = "export"
 
@@ -22,10 +25,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         NAME,
         help="export a PyTorch checkpoint to a raw FP32 ONNX bundle",
-        description="Trace a transformers checkpoint with torch.onnx (dynamo, no optimizer) into "
-        "a raw FP32 bundle: encoder, decoder_init and decoder_step graphs plus config.json, "
-        "preprocessor_config.json and the tokenizer. Passes ('qgraph compile') turn it into "
-        "what ships. Needs torch and transformers (pip install 'qgraph[export]').",
+        description="Trace a transformers checkpoint with torch.onnx (dynamo, no optimizer)\n"
+        "into a raw FP32 bundle: encoder, decoder_init and decoder_step graphs plus\n"
+        "config.json, preprocessor_config.json and the tokenizer. Passes ('qgraph compile')\n"
+        "turn it into what ships. Needs torch and transformers: pip install 'qgraph[export]'.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  qgraph export qwen3-asr --model tiny -o raw-tiny/\n"
@@ -55,7 +58,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from qgraph.export import FAMILIES  # noqa: TID251 - the CLI imports the exporter lazily
 
-    exporter = importlib.import_module(FAMILIES[args.family])
+    exporter = import_exporter(FAMILIES[args.family])
     start = time.perf_counter()
     with _progress(enabled=not args.quiet):
         path = exporter.export(args.model, args.output, opset=args.opset, overwrite=args.force)
@@ -70,6 +73,19 @@ def run(args) -> int:
         outs = ", ".join(_sig(v) for v in comp["outputs"])
         print(f"  {name:<13} {comp['nodes']:>6} nodes {_mb(size):>10}  {ins} -> {outs}")
     return 0
+
+
+def import_exporter(module: str) -> ModuleType:
+    """Import an exporter module; ExportError if torch or transformers is missing."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name in ("torch", "transformers") or str(err.name).startswith("torch."):
+            raise ExportError(
+                f"this command needs {err.name}: pip install 'qgraph[export]' "
+                "(install torch==2.13.0 first for the CPU wheel)"
+            ) from None
+        raise
 
 
 @contextlib.contextmanager

@@ -12,11 +12,12 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         NAME,
         help="compare a bundle with the PyTorch model it came from",
-        description="Run each audio clip through the bundle (ONNX Runtime, the reference "
-        "runtime's greedy decode) and through the PyTorch reference model (transformers, eager), "
-        "with the same log-mel and prompt. Reports the encoder feature and prefill logit max abs "
-        "diffs and whether the greedy tokens match one for one. Exits non-zero on any mismatch. "
-        "Needs torch and transformers (pip install 'qgraph[export]').",
+        description="Run each audio clip through the bundle (ONNX Runtime, the reference\n"
+        "runtime's greedy decode) and through the PyTorch model it came from (transformers,\n"
+        "eager) with the same log-mel and prompt. Reports the encoder-feature and\n"
+        "prefill-logit max abs diffs and whether the greedy tokens match one for one;\n"
+        "exits 1 on any mismatch.\n"
+        "Needs torch and transformers: pip install 'qgraph[export]'.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
         "  qgraph validate raw-tiny/ --reference tiny\n"
@@ -57,11 +58,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from qgraph.commands.export import import_exporter
     from qgraph.errors import VerificationError
-    from qgraph.export.qwen3_asr.validate import (  # noqa: TID251 - lazy, CLI only
-        validate_bundle,
-    )
     from qgraph.runtime.audio import load_audio
+
+    validate_bundle = import_exporter("qgraph.export.qwen3_asr.validate").validate_bundle
 
     if args.max_tokens is not None and args.max_tokens < 1:
         raise VerificationError("--max-tokens must be 1 or more")

@@ -1,0 +1,77 @@
+"""``export_qwen3_asr``: Qwen3-ASR checkpoint -> raw FP32 bundle (encoder, decoder_init/step).
+
+The bundle holds the three graphs exactly as the dynamo exporter emits them at the chosen opset
+(``optimize=False``: no fusions, no folding), each with its own external-data file, plus
+``config.json``, ``preprocessor_config.json``, ``tokenizer.json`` and ``tokenizer_config.json``.
+Weights are never copied: the ONNX initializers point at the model's torch tensors until
+``Bundle.save`` streams them to disk, so peak memory stays near one copy of the model.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import onnx_ir as ir
+import torch
+
+from qgraph.bundle import Bundle
+from qgraph.errors import ExportError
+
+from . import graphs, sidefiles
+from .configs import build_resolved, resolve_source
+
+logger = logging.getLogger(__name__)
+
+FAMILY = "qwen3-asr"
+MIN_OPSET, MAX_OPSET = 18, 23
+"""Opsets the dynamo exporter and the wrappers are checked with."""
+
+COMPONENTS: tuple[tuple[str, Callable[[torch.nn.Module, int], ir.Model]], ...] = (
+    ("encoder", graphs.export_encoder),
+    ("decoder_init", graphs.export_decoder_init),
+    ("decoder_step", graphs.export_decoder_step),
+)
+"""Component names, in bundle order, and the function that traces each."""
+
+
+def export_qwen3_asr(
+    model: str, out_dir: str | Path, *, opset: int = 18, overwrite: bool = False
+) -> Path:
+    """Export ``model`` (built-in name, checkpoint folder or hub id) to a raw bundle at ``out_dir``.
+
+    Returns the bundle path. Raises ExportError for a bad source, tokenizer or opset, or an
+    existing ``out_dir`` (unless ``overwrite``), before any tracing; BundleError if the bundle
+    cannot be written.
+    """
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError(f"opset {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite and (out_dir.is_file() or any(out_dir.iterdir())):
+        raise ExportError(f"{out_dir} already exists; choose another output or pass --force")
+    folder = resolve_source(model)
+    tokenizer, pad_id = sidefiles.tokenizer_files(folder)
+    hf_model, description = build_resolved(model, folder)
+    logger.info("exporting %s at opset %d", description, opset)
+
+    bundle = Bundle(family=FAMILY)
+    for i, (name, trace) in enumerate(COMPONENTS, 1):
+        start = time.perf_counter()
+        logger.info("[%d/%d] tracing %s", i, len(COMPONENTS), name)
+        bundle.add_component(name, trace(hf_model, opset))
+        gc.collect()
+        logger.info(
+            "[%d/%d] %s traced in %.1f s", i, len(COMPONENTS), name, time.perf_counter() - start
+        )
+    bundle.write_json("config.json", sidefiles.config_json(hf_model, pad_id))
+    bundle.write_json("preprocessor_config.json", sidefiles.preprocessor_config_json())
+    bundle.side_files.update(tokenizer)
+
+    start = time.perf_counter()
+    logger.info("writing %s", out_dir)
+    path = bundle.save(out_dir, overwrite=overwrite)
+    logger.info("wrote %s in %.1f s", path, time.perf_counter() - start)
+    return path
