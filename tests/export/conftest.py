@@ -24,12 +24,9 @@ EOS = (151643, 151645)
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from qgraph.cli import main
-
-    out = tmp_path_factory.mktemp("export") / "tiny-raw"
-    assert main(["export", "qwen3-asr", "--model", "tiny", "-o", str(out), "-q"]) == 0
-    return out
+def tiny_bundle(tiny_raw: Path) -> Path:
+    """The session's one tiny export (``tests/conftest.py``)."""
+    return tiny_raw
 
 
 @pytest.fixture(scope="session")
