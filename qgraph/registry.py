@@ -130,6 +130,14 @@ def default_registry() -> Registry:
     return _DEFAULT
 
 
+def registry_with(pass_modules) -> Registry:
+    """A copy of the default registry plus the passes of local ``--pass-module`` files."""
+    registry = default_registry().copy()
+    for path in pass_modules:
+        registry.load_pass_module(path)
+    return registry
+
+
 def register(cls: type[QPass]) -> type[QPass]:
     """Register a pass in the default registry (decorator)."""
     return default_registry().register(cls)

@@ -16,3 +16,17 @@ COMMANDS = [
     "bench",
     "demo",
 ]
+
+
+def add_pass_module_option(parser) -> None:
+    """``--pass-module FILE.py`` (repeatable), shared by the commands that resolve passes."""
+    from pathlib import Path
+
+    parser.add_argument(
+        "--pass-module",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE.py",
+        help="also load passes from this Python file (repeatable)",
+    )

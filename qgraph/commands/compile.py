@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 
 from qgraph.bundle import Bundle
+from qgraph.commands import add_pass_module_option
 from qgraph.errors import PipelineError
 from qgraph.instruments.diff import human_bytes
 from qgraph.manager import Instruments, PassRecord, run_pipeline
 from qgraph.pipeline import expand, flatten, to_text
-from qgraph.registry import default_registry
+from qgraph.registry import registry_with
 
 NAME = "compile"
 
@@ -47,14 +48,7 @@ def add_parser(sub) -> None:
         help="pipeline text, e.g. 'default' or 'hygiene,cse{on=[encoder]}' "
         "(see 'qgraph passes' and 'qgraph pipeline show NAME'; default: default)",
     )
-    p.add_argument(
-        "--pass-module",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="FILE.py",
-        help="load extra passes from a Python file (repeatable)",
-    )
+    add_pass_module_option(p)
     p.add_argument(
         "--print-changed",
         nargs="?",
@@ -109,9 +103,7 @@ def parse_dims(text: str) -> dict[str, int]:
 
 
 def run(args) -> int:
-    registry = default_registry().copy()
-    for path in args.pass_module:
-        registry.load_pass_module(path)
+    registry = registry_with(args.pass_module)
     steps = expand(args.passes, registry, what="--passes")
     if args.bisect_limit is not None and args.bisect_limit < 0:
         raise PipelineError("--bisect-limit must be 0 or more")

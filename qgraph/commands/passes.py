@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import typing
-from pathlib import Path
 
+from qgraph.commands import add_pass_module_option
 from qgraph.pass_api import BundlePass, format_value
-from qgraph.registry import Registry, default_registry
+from qgraph.registry import Registry, registry_with
 
 NAME = "passes"
+README_BEGIN, README_END = "<!-- passes:begin", "<!-- passes:end -->"
 
 
 def add_parser(sub) -> None:
@@ -18,15 +19,14 @@ def add_parser(sub) -> None:
         description="List every registered pass (built-in, plugins, --pass-module files): its "
         "scope, category, one-line summary and options with type, default and help.",
     )
-    p.add_argument(
-        "--pass-module",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="FILE.py",
-        help="also load passes from this Python file (repeatable)",
-    )
+    add_pass_module_option(p)
     p.add_argument("--markdown", action="store_true", help="print a Markdown table (for docs)")
+    p.add_argument(
+        "--update-readme",
+        type=Path,
+        metavar="README.md",
+        help="rewrite the table between the passes:begin/passes:end markers of this file",
+    )
     p.set_defaults(run=run)
 
 
@@ -59,9 +59,14 @@ def markdown_table(registry: Registry) -> str:
 
 
 def run(args) -> int:
-    registry = default_registry().copy()
-    for path in args.pass_module:
-        registry.load_pass_module(path)
+    registry = registry_with(args.pass_module)
+    if args.update_readme:
+        text = args.update_readme.read_text()
+        begin = text.index("\n", text.index(README_BEGIN)) + 1
+        end = text.index(README_END)
+        args.update_readme.write_text(text[:begin] + markdown_table(registry) + "\n" + text[end:])
+        print(f"updated the pass table in {args.update_readme}")
+        return 0
     if args.markdown:
         print(markdown_table(registry))
         return 0

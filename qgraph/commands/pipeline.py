@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from qgraph.commands import add_pass_module_option
 from qgraph.pipeline import RepeatGroup, expand, parse, to_text
-from qgraph.registry import default_registry
+from qgraph.registry import registry_with
 
 NAME = "pipeline"
 
@@ -26,14 +25,7 @@ def add_parser(sub) -> None:
         default="default",
         help="a named pipeline or pipeline text (default: default)",
     )
-    p.add_argument(
-        "--pass-module",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="FILE.py",
-        help="also load passes from this Python file (repeatable)",
-    )
+    add_pass_module_option(p)
     p.set_defaults(run=run)
 
 
@@ -47,9 +39,7 @@ def _print_steps(steps, indent: str = "  ") -> None:
 
 
 def run(args) -> int:
-    registry = default_registry().copy()
-    for path in args.pass_module:
-        registry.load_pass_module(path)
+    registry = registry_with(args.pass_module)
     if args.action == "list":
         for name, named in registry.pipelines.items():
             print(f"{name}: {named.text}\n    {named.summary}")

@@ -213,5 +213,5 @@ def test_readme_example_pass_runs(tmp_path, capsys):
 
 def test_readme_pass_table_is_current():
     assert markdown_table(default_registry()) in README.read_text(), (
-        "README pass table is stale: regenerate with 'qgraph passes --markdown'"
+        "README pass table is stale: run 'qgraph passes --update-readme README.md'"
     )
