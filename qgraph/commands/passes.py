@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing
+from pathlib import Path
 
 from qgraph.commands import add_pass_module_option
 from qgraph.pass_api import BundlePass, format_value
