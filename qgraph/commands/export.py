@@ -50,6 +50,21 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--opset", type=int, default=18, metavar="N", help="ONNX opset, 18 to 23 (default: 18)"
     )
+    p.add_argument(
+        "--layout",
+        choices=("default", "sherpa"),
+        default="default",
+        help="qwen3-asr only. default: encoder/decoder_init/decoder_step (the public layout); "
+        "sherpa: conv_frontend/encoder/decoder with static KV caches for sherpa-onnx's "
+        "OfflineRecognizer.from_qwen3_asr",
+    )
+    p.add_argument(
+        "--max-total-len",
+        type=int,
+        default=None,
+        metavar="N",
+        help="sherpa layout: KV cache length = prompt + audio tokens + new tokens (default 512)",
+    )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines, only the result")
     p.set_defaults(run=run)
@@ -58,10 +73,24 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from qgraph.export import FAMILIES  # noqa: TID251 - the CLI imports the exporter lazily
 
-    exporter = import_exporter(FAMILIES[args.family])
+    if args.layout == "sherpa" and args.family != "qwen3-asr":
+        raise ExportError("--layout sherpa applies to qwen3-asr only")
+    if args.max_total_len is not None and args.layout != "sherpa":
+        raise ExportError("--max-total-len applies to --layout sherpa only")
+    module = FAMILIES[args.family] + (".sherpa" if args.layout == "sherpa" else "")
+    exporter = import_exporter(module)
     start = time.perf_counter()
     with _progress(enabled=not args.quiet):
-        path = exporter.export(args.model, args.output, opset=args.opset, overwrite=args.force)
+        if args.layout == "sherpa":
+            path = exporter.export_sherpa(
+                args.model,
+                args.output,
+                max_total_len=args.max_total_len or exporter.DEFAULT_MAX_TOTAL_LEN,
+                opset=args.opset,
+                overwrite=args.force,
+            )
+        else:
+            path = exporter.export(args.model, args.output, opset=args.opset, overwrite=args.force)
     seconds = time.perf_counter() - start
     manifest = json.loads((path / "qgraph.json").read_text())
     files = manifest.get("files", {})
