@@ -7,4 +7,5 @@ provides ``export(model, out_dir, *, opset) -> Path``.
 
 FAMILIES: dict[str, str] = {
     "qwen3-asr": "qgraph.export.qwen3_asr",
+    "whisper": "qgraph.export.whisper",
 }

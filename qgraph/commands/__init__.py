@@ -14,6 +14,7 @@ COMMANDS = [
     "validate",
     "transcribe",
     "bench",
+    "eval",
     "demo",
 ]
 

@@ -81,13 +81,15 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from qgraph.runtime.bench import bench_audio, run_bench
+    from qgraph.runtime.whisper import bench_whisper, is_whisper_bundle
 
     audio = None
     if args.audio is not None:
         if not args.audio.is_file():
             raise RuntimeInputError(f"audio file not found: {args.audio}")
         audio = bench_audio(args.audio_seconds, source=args.audio)
-    result = run_bench(
+    bench = bench_whisper if is_whisper_bundle(args.bundle) else run_bench
+    result = bench(
         args.bundle,
         audio_seconds=args.audio_seconds,
         steps=args.steps,

@@ -17,7 +17,7 @@ from qgraph.errors import ExportError
 
 NAME = "export"
 
-FAMILY_CHOICES = ("qwen3-asr",)
+FAMILY_CHOICES = ("qwen3-asr", "whisper")
 """Families on the command line; kept equal to ``qgraph.export.FAMILIES`` (a test checks)."""
 
 
@@ -41,8 +41,9 @@ def add_parser(sub) -> None:
         required=True,
         metavar="ID_OR_DIR",
         help="checkpoint folder (config.json + weights, read offline), a Hugging Face hub id, "
-        "or a built-in random model: tiny (20 M params, for tests), random-0.6b, random-1.7b "
-        "(real shapes, for benchmarks)",
+        "or a built-in random model. qwen3-asr: tiny (20 M params, for tests), random-0.6b, "
+        "random-1.7b (real shapes, for benchmarks). whisper: tiny, a CTranslate2 folder "
+        "(faster-whisper model.bin) or a transformers folder",
     )
     p.add_argument(
         "-o", "--output", type=Path, required=True, metavar="OUT", help="bundle folder to write"

@@ -73,13 +73,17 @@ def _audio_path(text: str) -> Path:
 
 
 def run(args) -> int:
-    from qgraph.runtime.decode import AsrSession
+    from qgraph.runtime.eval import open_session
+    from qgraph.runtime.whisper import is_whisper_bundle
 
     audio = _audio_path(args.audio)
-    session = AsrSession(args.bundle, threads=args.threads)
-    result = session.transcribe(
-        audio, max_tokens=args.max_tokens, language=args.language, context=args.context
-    )
+    session = open_session(args.bundle, threads=args.threads)
+    kwargs = {"max_tokens": args.max_tokens, "language": args.language}
+    if args.context:
+        if is_whisper_bundle(args.bundle):
+            raise RuntimeInputError("--context applies to qwen3-asr bundles only")
+        kwargs["context"] = args.context
+    result = session.transcribe(audio, **kwargs)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
     else:

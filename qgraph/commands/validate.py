@@ -61,8 +61,12 @@ def run(args) -> int:
     from qgraph.commands.export import import_exporter
     from qgraph.errors import VerificationError
     from qgraph.runtime.audio import load_audio
+    from qgraph.runtime.whisper import is_whisper_bundle
 
-    validate_bundle = import_exporter("qgraph.export.qwen3_asr.validate").validate_bundle
+    if is_whisper_bundle(args.bundle):
+        validate_bundle = import_exporter("qgraph.export.whisper.validate").validate_whisper
+    else:
+        validate_bundle = import_exporter("qgraph.export.qwen3_asr.validate").validate_bundle
 
     if args.max_tokens is not None and args.max_tokens < 1:
         raise VerificationError("--max-tokens must be 1 or more")

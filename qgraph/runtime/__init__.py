@@ -45,6 +45,11 @@ _HOMES = {
     "load_audio": "audio",
     "resample": "audio",
     "log_mel": "mel",
+    "WhisperSession": "whisper",
+    "bench_whisper": "whisper",
+    "is_whisper_bundle": "whisper",
+    "evaluate": "eval",
+    "open_session": "eval",
 }
 
 if TYPE_CHECKING:

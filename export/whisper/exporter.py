@@ -1,0 +1,88 @@
+"""``export_whisper``: a Whisper checkpoint -> raw FP32 bundle in the Transformers.js layout.
+
+The bundle (family ``whisper``)::
+
+    onnx/encoder_model.onnx (+ .onnx_data)           input_features -> last_hidden_state
+    onnx/decoder_model_merged.onnx (+ .onnx_data)    If(use_cache_branch): with/without past
+    config.json  generation_config.json  preprocessor_config.json
+    tokenizer.json  tokenizer_config.json  vocab.json  added_tokens.json  merges.txt
+    qgraph.json
+
+This is the folder layout Transformers.js v4 (``onnx/`` subfolder, ``*.onnx_data`` external data
+declared in ``config.json``) and onnx-asr (``**/encoder_model.onnx``,
+``**/decoder_model_merged.onnx``, ``vocab.json``, ``added_tokens.json``) load. The graphs are what
+the dynamo exporter emits (``optimize=False``); the decoder weights are stored once at the top
+level of the merged graph. Weights are never copied: initializers point at the model's torch
+tensors until ``Bundle.save`` streams them to disk.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from pathlib import Path
+
+from qgraph.bundle import Bundle
+from qgraph.errors import ExportError
+
+from . import graphs
+from .configs import build_model, resolve_source
+from .merge import merge_decoders
+from .sidefiles import side_files
+
+logger = logging.getLogger(__name__)
+
+FAMILY = "whisper"
+MIN_OPSET, MAX_OPSET = 18, 23
+ENCODER, DECODER = "encoder_model", "decoder_model_merged"
+COMPONENTS = (ENCODER, DECODER)
+TRACES = (
+    ("encoder", graphs.export_encoder),
+    ("decoder", graphs.export_decoder),
+    ("decoder with past", graphs.export_decoder_with_past),
+)
+"""What is traced, in order; the two decoders are then merged into ``DECODER``."""
+
+
+def export_whisper(
+    model: str, out_dir: str | Path, *, opset: int = 18, overwrite: bool = False
+) -> Path:
+    """Export ``model`` (``tiny``, a CTranslate2 folder or a transformers folder) to ``out_dir``.
+
+    Returns the bundle path. Raises ExportError for a bad source, tokenizer or opset, or an
+    existing ``out_dir`` (unless ``overwrite``), before any tracing; BundleError if the bundle
+    cannot be written.
+    """
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError(f"opset {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite and (out_dir.is_file() or any(out_dir.iterdir())):
+        raise ExportError(f"{out_dir} already exists; choose another output or pass --force")
+    source = resolve_source(model)
+    hf_model, description = build_model(source)
+    files = side_files(hf_model, source, list(COMPONENTS))
+    logger.info("exporting %s at opset %d", description, opset)
+
+    traced = {}
+    for i, (what, trace) in enumerate(TRACES, 1):
+        start = time.perf_counter()
+        logger.info("[%d/%d] tracing %s", i, len(TRACES), what)
+        traced[what] = trace(hf_model, opset)
+        gc.collect()
+        logger.info(
+            "[%d/%d] %s traced in %.1f s", i, len(TRACES), what, time.perf_counter() - start
+        )
+    bundle = Bundle(family=FAMILY)
+    bundle.add_component(ENCODER, traced["encoder"], f"onnx/{ENCODER}.onnx")
+    merged = merge_decoders(traced["decoder"], traced["decoder with past"])
+    bundle.add_component(DECODER, merged, f"onnx/{DECODER}.onnx")
+    for name in COMPONENTS:
+        bundle.data_files[name] = f"onnx/{name}.onnx_data"
+    bundle.side_files.update(files)
+
+    start = time.perf_counter()
+    logger.info("writing %s", out_dir)
+    path = bundle.save(out_dir, overwrite=overwrite)
+    logger.info("wrote %s in %.1f s", path, time.perf_counter() - start)
+    return path

@@ -1,0 +1,406 @@
+"""Greedy Whisper decoding with ONNX Runtime on raw and compiled ``whisper`` bundles.
+
+Pipeline for each 30 s window of audio (longer audio is cut into consecutive windows, each
+transcribed on its own; a word on a window boundary may be split): samples padded with zeros to
+``n_samples`` -> ``log_mel`` (Whisper's log-mel, ``n_mels`` from the encoder input) ->
+``encoder_model`` -> prompt ``<|startoftranscript|> [<|lang|> <|task|>] <|notimestamps|>`` ->
+``decoder_model_merged`` once with ``use_cache_branch=False`` on the whole prompt, then once per
+token with ``use_cache_branch=True``. Each step's logits get ``suppress_tokens`` set to -inf, the
+first step also ``begin_suppress_tokens`` (what transformers, Transformers.js and CTranslate2
+do); the argmax is fed back until ``<|endoftext|>`` or ``max_tokens``.
+
+Read from the bundle: ``generation_config.json`` (special ids, suppress lists, ``max_length``,
+``is_multilingual``, ``lang_to_id``, ``task_to_id``), ``preprocessor_config.json`` (window
+length), ``tokenizer.json``, and the two components (manifest paths, else ``onnx/<name>.onnx``).
+The decoder's cache inputs are named ``past_key_values.*`` and its outputs ``present.*``; a
+present with batch 0 means "keep the past you fed" (the cross-attention cache after the first
+call). Inputs are cast to the types the sessions declare. Depends on numpy and onnxruntime only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qgraph.errors import BundleError, RuntimeInputError
+from qgraph.runtime.audio import SAMPLE_RATE, load_audio
+from qgraph.runtime.bench import BenchResult, bench_audio, peak_rss_bytes
+from qgraph.runtime.decode import Timings, Transcript, _session_options
+from qgraph.runtime.files import component_path, load_tokenizer, read_config
+from qgraph.runtime.mel import log_mel
+from qgraph.runtime.prompt import LANGUAGES
+
+__all__ = ["FAMILY", "WhisperSession", "bench_whisper", "is_whisper_bundle"]
+
+logger = logging.getLogger(__name__)
+
+FAMILY = "whisper"
+ENCODER, DECODER = "encoder_model", "decoder_model_merged"
+_NP_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+}
+
+
+def is_whisper_bundle(bundle_dir: str | os.PathLike[str]) -> bool:
+    """True when the manifest's family or ``config.json``'s ``model_type`` is ``whisper``."""
+    root = Path(bundle_dir)
+    for name, key in (("qgraph.json", "family"), ("config.json", "model_type")):
+        try:
+            if json.loads((root / name).read_text(encoding="utf-8")).get(key) == FAMILY:
+                return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
+
+
+def _json(root: Path, name: str, required: bool) -> dict[str, Any]:
+    path = root / name
+    if not path.is_file():
+        if required:
+            raise BundleError(f"{root}: {name} is missing; re-export the bundle")
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{path}: unreadable ({err})") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: expected a JSON object")
+    return data
+
+
+class _Session:
+    """One ORT session with its input element types and output names."""
+
+    def __init__(self, root: Path, name: str, options: Any, providers: list[str]) -> None:
+        import onnxruntime as ort
+
+        try:
+            path = component_path(root, name)
+        except BundleError:
+            path = root / "onnx" / f"{name}.onnx"
+            if not path.is_file():
+                raise
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as err:  # ORT raises its own Fail/InvalidGraph/... types
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise BundleError(f"{path}: ONNX Runtime cannot load {name} ({first[:300]})") from None
+        self.inputs = {v.name: v for v in self.session.get_inputs()}
+        self.types = {n: _NP_TYPES.get(v.type) for n, v in self.inputs.items()}
+        self.outputs = [v.name for v in self.session.get_outputs()]
+        self.path = path
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        cast = {k: np.asarray(v, dtype=self.types[k]) for k, v in feeds.items()}
+        return dict(zip(self.outputs, self.session.run(None, cast), strict=True))
+
+
+class WhisperSession:
+    """A loaded Whisper bundle. Create once, call ``transcribe`` many times.
+
+    ``threads``, ``optimization`` and ``providers`` are as for ``AsrSession``.
+    """
+
+    def __init__(
+        self,
+        bundle_dir: str | os.PathLike[str],
+        *,
+        threads: int | None = None,
+        optimization: str = "all",
+        providers: list[str] | None = None,
+    ) -> None:
+        self.bundle_dir = root = Path(bundle_dir)
+        self.config = read_config(root)
+        gen = _json(root, "generation_config.json", required=True)
+        pre = _json(root, "preprocessor_config.json", required=False)
+        self.tokenizer = load_tokenizer(root)
+        providers = providers or ["CPUExecutionProvider"]
+        self.encoder = _Session(root, ENCODER, _session_options(threads, optimization), providers)
+        self.decoder = _Session(root, DECODER, _session_options(threads, optimization), providers)
+        required = {"input_ids", "encoder_hidden_states", "use_cache_branch"}
+        self.past_names = [n for n in self.decoder.inputs if n.startswith("past_key_values.")]
+        if len(self.encoder.inputs) != 1 or not required <= set(self.decoder.inputs):
+            raise BundleError(
+                f"{root}: not a Whisper encoder_model / decoder_model_merged pair "
+                f"(decoder inputs: {', '.join(self.decoder.inputs)})"
+            )
+        try:
+            eos = gen["eos_token_id"]
+            self.eos = int(eos[0] if isinstance(eos, list) else eos)
+            self.sot = int(gen["decoder_start_token_id"])
+            self.no_timestamps = int(gen["no_timestamps_token_id"])
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise BundleError(
+                f"{root}: generation_config.json lacks Whisper's special ids"
+            ) from None
+        self.multilingual = bool(gen.get("is_multilingual", False))
+        self.lang_to_id = {k.strip("<|>"): int(v) for k, v in (gen.get("lang_to_id") or {}).items()}
+        self.task_to_id = {k: int(v) for k, v in (gen.get("task_to_id") or {}).items()}
+        self.suppress = np.asarray(gen.get("suppress_tokens") or [], dtype=np.int64)
+        self.begin_suppress = np.asarray(gen.get("begin_suppress_tokens") or [], dtype=np.int64)
+        self.max_length = int(gen.get("max_length", self.config.get("max_target_positions", 448)))
+        mels = next(iter(self.encoder.inputs.values())).shape[1]
+        self.n_mels = mels if isinstance(mels, int) else int(pre.get("feature_size", 80))
+        self.frames = int(pre.get("nb_max_frames", 3000))
+        self.hop = int(pre.get("hop_length", 160))
+        self.sample_rate = int(pre.get("sampling_rate", SAMPLE_RATE))
+        self.n_samples = self.frames * self.hop
+        logger.info("loaded %s (%d mels, %d-sample windows)", root, self.n_mels, self.n_samples)
+
+    # -- phases ---------------------------------------------------------------------------------
+    def features(self, window: np.ndarray) -> np.ndarray:
+        """Log-mel ``[1, n_mels, frames]`` of at most one window of samples (zero-padded)."""
+        x = np.zeros(self.n_samples, dtype=np.float32)
+        x[: min(window.size, self.n_samples)] = window[: self.n_samples]
+        return log_mel(x, self.n_mels, hop_length=self.hop, min_samples=self.n_samples)[None]
+
+    def encode(self, mel: np.ndarray) -> np.ndarray:
+        """``last_hidden_state [1, N, d]``."""
+        return next(iter(self.encoder.run({next(iter(self.encoder.inputs)): mel}).values()))
+
+    def empty_past(self) -> dict[str, np.ndarray]:
+        """Zero-length caches for the first decoder call."""
+        return {
+            n: np.zeros((1, self.decoder.inputs[n].shape[1], 0, self.decoder.inputs[n].shape[3]))
+            for n in self.past_names
+        }
+
+    def decode(
+        self, ids: list[int], hidden: np.ndarray, past: dict[str, np.ndarray] | None
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One decoder call: last-position logits ``[V]`` (float32) and the caches after it."""
+        feeds = {
+            "input_ids": np.asarray([ids], dtype=np.int64),
+            "encoder_hidden_states": hidden,
+            "use_cache_branch": np.asarray([past is not None]),
+            **(past if past is not None else self.empty_past()),
+        }
+        out = self.decoder.run(feeds)
+        new = {}
+        for name in self.past_names:
+            present = out[name.replace("past_key_values.", "present.")]
+            new[name] = present if present.shape[0] or past is None else past[name]
+        return np.array(out["logits"][0, -1], dtype=np.float32), new
+
+    def prompt(self, language: str = "en") -> list[int]:
+        """Prompt ids for a language code (English-only models have no language token)."""
+        if not self.multilingual:
+            return [self.sot, self.no_timestamps]
+        return [
+            self.sot,
+            self.lang_to_id[language],
+            self.task_to_id["transcribe"],
+            self.no_timestamps,
+        ]
+
+    def resolve_language(self, language: str) -> str:
+        """A language code the model knows (``en``, ``English`` or ``<|en|>``)."""
+        key = language.strip().strip("<|>").lower()
+        names = {name.lower(): code for code, name in LANGUAGES.items()}
+        code = names.get(key, key)
+        if self.multilingual and code not in self.lang_to_id:
+            known = ", ".join(sorted(self.lang_to_id))
+            raise RuntimeInputError(f"unknown language {language!r}; this model knows: {known}")
+        if not self.multilingual and code != "en":
+            raise RuntimeInputError("this is an English-only Whisper model; drop --language")
+        return code
+
+    def detect_language(self, hidden: np.ndarray) -> str:
+        """The language whose token the decoder prefers after ``<|startoftranscript|>``."""
+        if not self.multilingual:
+            return "en"
+        logits, _ = self.decode([self.sot], hidden, None)
+        codes = list(self.lang_to_id)
+        return codes[int(np.argmax(logits[[self.lang_to_id[c] for c in codes]]))]
+
+    def generate(
+        self,
+        hidden: np.ndarray,
+        prompt: list[int],
+        max_tokens: int,
+        *,
+        stop_on_eos: bool = True,
+        timings: Timings | None = None,
+    ) -> tuple[list[int], str]:
+        """Greedy tokens after ``prompt`` and the finish reason (``eos`` or ``max_tokens``)."""
+        if max_tokens < 1:
+            raise RuntimeInputError(f"max_tokens must be >= 1, got {max_tokens}")
+        timings = timings if timings is not None else Timings()
+        tokens: list[int] = []
+        past = None
+        while True:
+            start = time.perf_counter()
+            logits, past = self.decode(tokens[-1:] if tokens else prompt, hidden, past)
+            logits[self.suppress] = -np.inf
+            if not tokens:
+                logits[self.begin_suppress] = -np.inf
+            tokens.append(int(np.argmax(logits)))
+            spent = time.perf_counter() - start
+            if len(tokens) == 1:
+                timings.prefill_s += spent
+            else:
+                timings.step_s.append(spent)
+            if stop_on_eos and tokens[-1] == self.eos:
+                return tokens, "eos"
+            if len(tokens) >= max_tokens:
+                return tokens, "max_tokens"
+
+    def text(self, token_ids: list[int]) -> str:
+        """The transcript of generated ids (special and timestamp tokens dropped)."""
+        body = [t for t in token_ids if t < self.eos]  # text ids precede <|endoftext|>
+        return self.tokenizer.decode(body, skip_special_tokens=True).strip()
+
+    # -- end to end -----------------------------------------------------------------------------
+    def transcribe(
+        self,
+        audio: np.ndarray | str | os.PathLike[str],
+        *,
+        max_tokens: int | None = None,
+        language: str | None = None,
+    ) -> Transcript:
+        """Transcribe a path or 1-D float samples at ``sample_rate`` Hz, window by window.
+
+        ``max_tokens`` (per window) defaults to ``max_length`` minus the prompt length;
+        ``language`` (code or name) is detected per window when not given (multilingual models).
+        """
+        forced = self.resolve_language(language) if language is not None else None
+        samples = _read_audio(audio, self.sample_rate)
+        timings = Timings(audio_s=samples.size / self.sample_rate)
+        tokens: list[int] = []
+        texts: list[str] = []
+        finish, prompt, n_audio, lang = "eos", self.prompt(), 0, "en"
+        for start in range(0, samples.size, self.n_samples):
+            t0 = time.perf_counter()
+            mel = self.features(samples[start : start + self.n_samples])
+            t1 = time.perf_counter()
+            hidden = self.encode(mel)
+            timings.mel_s += t1 - t0
+            timings.encoder_s += time.perf_counter() - t1
+            lang = forced or self.detect_language(hidden)
+            prompt = self.prompt(lang)
+            budget = max_tokens or self.max_length - len(prompt)
+            window, reason = self.generate(hidden, prompt, budget, timings=timings)
+            tokens += window
+            texts.append(self.text(window))
+            n_audio += int(hidden.shape[1])
+            if reason == "max_tokens":
+                finish = reason
+                logger.warning("stopped at max_tokens=%d before <|endoftext|>", budget)
+        return Transcript(
+            token_ids=tokens,
+            text=" ".join(t for t in texts if t),
+            language=lang,
+            timings=timings,
+            finish_reason=finish,
+            prompt_length=len(prompt),
+            n_audio_tokens=n_audio,
+        )
+
+
+def _read_audio(audio: np.ndarray | str | os.PathLike[str], rate: int) -> np.ndarray:
+    if isinstance(audio, (str, os.PathLike)):
+        return load_audio(audio, rate)
+    samples = np.asarray(audio, dtype=np.float32)
+    if samples.ndim != 1 or samples.size == 0 or not np.all(np.isfinite(samples)):
+        raise RuntimeInputError(f"audio must be non-empty, finite 1-D samples at {rate} Hz")
+    return samples
+
+
+def bench_whisper(
+    bundle_dir: str | os.PathLike[str],
+    *,
+    audio_seconds: float = 11.0,
+    steps: int = 30,
+    repeat: int = 5,
+    past_tokens: int = 100,
+    threads: int | None = None,
+    audio: np.ndarray | None = None,
+) -> BenchResult:
+    """``qgraph.runtime.bench.run_bench`` for Whisper bundles (same rounds, same fields).
+
+    A round: log-mel and encoder of the (at most 30 s) audio, the first decoder call on the
+    prompt, exactly ``steps`` cached steps (EOS ignored), then ``steps`` steps on a fixed cache of
+    ``past_tokens`` random self-attention entries. One warm-up round is not counted.
+    """
+    import psutil
+
+    if steps < 1 or repeat < 1 or past_tokens < 1:
+        raise ValueError("steps, repeat and past_tokens must be >= 1")
+    start = time.perf_counter()
+    session = WhisperSession(bundle_dir, threads=threads)
+    load_s = time.perf_counter() - start
+    rss_after_load = psutil.Process().memory_info().rss
+    samples = audio if audio is not None else bench_audio(audio_seconds, session.sample_rate)
+    if samples.size > session.n_samples:
+        raise RuntimeInputError("the Whisper benchmark takes at most one 30 s window of audio")
+    seconds = samples.size / session.sample_rate
+    hidden = session.encode(session.features(samples))
+    prompt = session.prompt()
+    _, past = session.decode(prompt, hidden, None)
+    rng = np.random.default_rng(0)
+    fixed = {
+        n: (0.1 * rng.standard_normal((*v.shape[:2], past_tokens, v.shape[3]))).astype(v.dtype)
+        if ".decoder." in n
+        else v
+        for n, v in past.items()
+    }
+    rounds: dict[str, list[float]] = {
+        k: [] for k in ("mel", "enc", "init", "e2e_step", "e2e", "step")
+    }
+    for round_index in range(repeat + 1):  # round 0 is the warm-up
+        timings = Timings(audio_s=seconds)
+        t0 = time.perf_counter()
+        mel = session.features(samples)
+        t1 = time.perf_counter()
+        hidden = session.encode(mel)
+        timings.mel_s, timings.encoder_s = t1 - t0, time.perf_counter() - t1
+        session.generate(hidden, prompt, steps + 1, stop_on_eos=False, timings=timings)
+        step_s = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            session.decode([prompt[-1]], hidden, fixed)
+            step_s.append(time.perf_counter() - t)
+        if round_index:
+            for key, value in (
+                ("mel", [timings.mel_s]),
+                ("enc", [timings.encoder_s]),
+                ("init", [timings.prefill_s]),
+                ("e2e_step", timings.step_s),
+                ("e2e", [timings.total_s]),
+                ("step", step_s),
+            ):
+                rounds[key] += value
+    ms = {k: 1000.0 * float(np.median(v)) for k, v in rounds.items()}
+    return BenchResult(
+        bundle=str(bundle_dir),
+        audio_seconds=seconds,
+        mel_frames=int(mel.shape[-1]),
+        audio_tokens=int(hidden.shape[1]),
+        prompt_length=len(prompt),
+        steps=steps,
+        past_tokens=past_tokens,
+        repeat=repeat,
+        threads=threads,
+        load_s=load_s,
+        mel_ms=ms["mel"],
+        encoder_ms=ms["enc"],
+        decoder_init_ms=ms["init"],
+        decoder_step_ms=ms["step"],
+        decode_step_e2e_ms=ms["e2e_step"],
+        end_to_end_ms=ms["e2e"],
+        rtf=ms["e2e"] / 1000.0 / seconds,
+        tokens_per_s=1000.0 / ms["step"],
+        e2e_tokens_per_s=1000.0 / ms["e2e_step"],
+        rss_after_load_mb=rss_after_load / 2**20,
+        peak_rss_mb=peak_rss_bytes() / 2**20,
+    )
