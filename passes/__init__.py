@@ -13,6 +13,7 @@ from qgraph.passes.fuse_gqa import FuseGroupQueryAttention
 from qgraph.passes.fuse_mha import FuseMultiHeadAttention
 from qgraph.passes.fuse_rms_norm import FuseRmsNorm
 from qgraph.passes.fuse_rotary_embedding import FuseRotaryEmbedding
+from qgraph.passes.fuse_sibling_matmuls import FuseSiblingMatMuls
 from qgraph.passes.fuse_skip_layer_norm import FuseSkipLayerNorm
 from qgraph.passes.fuse_skip_rms_norm import FuseSkipRmsNorm
 from qgraph.passes.inline_lm_head import InlineLmHead
@@ -48,6 +49,7 @@ BUILTIN_PASSES = [
     FuseRotaryEmbedding,
     FuseGroupQueryAttention,
     FuseMultiHeadAttention,
+    FuseSiblingMatMuls,
 ]
 
 # The release layout for encoder / decoder_init / decoder_step bundles. Every step is a no-op on
@@ -63,9 +65,12 @@ BUILTIN_PIPELINES = {
     ),
     "fusions": (
         "fuse-rms-norm,fuse-skip-rms-norm,fuse-skip-layer-norm,fuse-gelu,fuse-bias-gelu,"
-        "fuse-rotary-embedding,fuse-gqa,fuse-mha",
+        "fuse-rotary-embedding,fuse-gqa,fuse-mha,fuse-sibling-matmuls,cse,remove-unused,"
+        "topological-sort",
         "ONNX Runtime contrib-op fusions: RMSNorm and LayerNorm with their residual Adds, GELU "
-        "with its bias, rotary embedding, then decoder (GQA) and encoder (MHA) attention",
+        "with its bias, rotary embedding, decoder (GQA) and encoder (MHA) attention, then one "
+        "MatMul for the projections that share an input (q/k/v, gate/up); merges the constants "
+        "the rewrites repeat",
     ),
     "fp32": (
         f"hygiene,fusions,extract-embed-fp16{{dtype=float32}},{_UNTIE},{_SHARE}",

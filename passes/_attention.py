@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx_ir as ir
 
 from qgraph.pass_api import QPass
@@ -33,9 +34,11 @@ from qgraph.passes._rewrite import (
     same_dim,
     scalar,
     static_dim,
+    take_over,
 )
 
 _ENDLESS = 2**31 - 1
+INT32 = ir.DataType.INT32
 
 
 @dataclass
@@ -197,8 +200,6 @@ def match(sm: ir.Node) -> Attention | str:
         for o in node.outputs:
             if o is not out and (o.is_graph_output() or any(u not in core for u, _ in o.uses())):
                 return "attention internals are used elsewhere"
-    if out.is_graph_output():
-        return "attention output is a graph output"
     scale *= f1 * f2 * f3
     return Attention(
         q, k_new, v_new, past_k, past_v, k_total, v_total, heads, kv_heads, head_dim, scale,
@@ -226,9 +227,9 @@ def _merge_heads(b: Builder, y: ir.Value, width: int) -> ir.Value:
     split = producer(y, "Reshape")
     if split is not None:
         x = split.inputs[0]
-        if rank(x) == 3 and static_dim(x, 2) == width and same_dim(x, 0, y, 0):
-            if same_dim(x, 1, y, 1):
-                return x
+        same_lead = same_dim(x, 0, y, 0) and same_dim(x, 1, y, 1)
+        if rank(x) == 3 and static_dim(x, 2) == width and same_lead:
+            return x
     return b.one("Reshape", [y, b.ints([0, 0, -1])])
 
 
@@ -248,9 +249,7 @@ def to_bsd(b: Builder, v: ir.Value, heads: int) -> ir.Value:
     ):
         attrs = {k: a for k, a in node.attributes.items() if k != "num_heads"}
         x3 = _merge_heads(b, inner.inputs[0], width)
-        return b.one(
-            "RotaryEmbedding", [x3, *node.inputs[1:]], domain=MS, num_heads=heads, **attrs
-        )
+        return b.one("RotaryEmbedding", [x3, *node.inputs[1:]], domain=MS, num_heads=heads, **attrs)
     t = b.one("Transpose", [v], perm=[0, 2, 1, 3])
     return b.one("Reshape", [t, b.ints([0, 0, -1])])
 
@@ -262,15 +261,30 @@ def lengths(b: Builder, site: Attention, cache: dict) -> tuple[ir.Value, ir.Valu
     if key is not None and key in cache:
         return cache[key]
     q, k, _ = site.bsd_inputs(b)
-    total = b.one("Shape", [k], start=1, end=2)
-    if site.past_k is not None:
-        total = b.one("Add", [b.one("Shape", [site.past_k], start=2, end=3), total])
-    last = b.one("Expand", [b.one("Sub", [total, b.ints([1])]), b.one("Shape", [q], end=1)])
-    seqlens = b.one("Cast", [last], to=ir.DataType.INT32)
-    total32 = b.one("Cast", [b.one("Reshape", [total, b.ints([])])], to=ir.DataType.INT32)
+    fixed = (static_dim(site.k_new, 2), static_dim(site.past_k, 2) if site.past_k else 0)
+    batch = static_dim(site.q, 0)
+    if None not in fixed and batch is not None:
+        t = sum(fixed)
+        seqlens = b.one("Constant", [], value=ir.tensor(np.full(batch, t - 1, np.int32)))
+        total32 = b.one("Constant", [], value=ir.tensor(np.int32(t)))
+    else:
+        total = b.shape(k, 1, 2, known=_bsd_shape(site.k_new))
+        if site.past_k is not None:
+            total = b.one("Add", [b.shape(site.past_k, 2, 3), total])
+        last = b.one("Sub", [total, b.ints([1])])
+        rows = b.shape(q, 0, 1, known=site.q)
+        seqlens = b.one("Cast", [b.one("Expand", [last, rows])], to=INT32)
+        total32 = b.one("Cast", [b.one("Reshape", [total, b.ints([])])], to=INT32)
     if key is not None:
         cache[key] = (seqlens, total32)
     return seqlens, total32
+
+
+def _bsd_shape(v: ir.Value) -> ir.Value:
+    """A shape-only stand-in for the [B,S,H*D] view of a [B,H,S,D] value."""
+    dims = list(v.shape) if v.shape is not None and v.shape.rank() == 4 else None
+    shape = None if dims is None else ir.Shape([dims[0], dims[2], None])
+    return ir.Value(shape=shape)
 
 
 def ir_dim(v: ir.Value | None, axis: int) -> str | None:
@@ -291,20 +305,11 @@ def fuse_site(
     """Insert ``b``'s nodes before the site's output and rewire consumers to the fused op."""
     if not site.out_bsd:
         out = b.one("Reshape", [out, b.ints([0, 0, site.heads, site.head_dim])])
-    out.shape, out.type = site.out.shape, site.out.type
-    created = set(b.nodes)
+    keep = site.core | set(b.nodes)
     b.commit(graph, site.out.producer())
-    ir.convenience.replace_all_uses_with(site.out, out)
+    take_over(graph, site.out, out, keep)
     for old, new in zip((site.k_total, site.v_total), presents or (), strict=False):
-        new.shape, new.type = old.shape, old.type
-        for user, index in list(old.uses()):
-            if user not in site.core and user not in created:
-                user.replace_input_with(index, new)
-        if old.is_graph_output():
-            index = list(graph.outputs).index(old)
-            name, old.name = old.name, None
-            graph.outputs[index] = new
-            new.name = name
+        take_over(graph, old, new, keep)
 
 
 def finish(model: ir.Model) -> None:

@@ -64,6 +64,22 @@ def remove_dead(model: ir.Model) -> None:
     RemoveUnusedNodesPass()(model)
 
 
+def take_over(
+    graph: ir.Graph, old: ir.Value, new: ir.Value, keep: frozenset[ir.Node] | set = frozenset()
+) -> None:
+    """Point ``old``'s consumers (except ``keep``) and its graph-output slot, name included, at
+    ``new``, which takes ``old``'s type and shape."""
+    new.shape, new.type = old.shape, old.type
+    for user, index in list(old.uses()):
+        if user not in keep:
+            user.replace_input_with(index, new)
+    if old.is_graph_output():
+        index = list(graph.outputs).index(old)
+        name, old.name = old.name, None
+        graph.outputs[index] = new
+        new.name = name
+
+
 # -- constants and shapes -------------------------------------------------------------------------
 def const_array(value: ir.Value | None) -> np.ndarray | None:
     """The value's constant contents (initializer or Constant node), else None."""
@@ -117,6 +133,14 @@ def dim(value: ir.Value, axis: int) -> int | ir.SymbolicDim | None:
 def static_dim(value: ir.Value, axis: int) -> int | None:
     d = dim(value, axis)
     return d if isinstance(d, int) else None
+
+
+def static_dims(value: ir.Value, start: int = 0, end: int | None = None) -> list[int] | None:
+    """``shape[start:end]`` when every one of those dims is a known int, else None."""
+    if value.shape is None:
+        return None
+    dims = list(value.shape)[start:end]
+    return dims if all(isinstance(d, int) for d in dims) else None
 
 
 def same_dim(a: ir.Value, i: int, b: ir.Value, j: int) -> bool:
@@ -230,6 +254,15 @@ class Builder:
 
     def ints(self, values: Sequence[int]) -> ir.Value:
         return self.one("Constant", [], value=ir.tensor(np.asarray(values, dtype=np.int64)))
+
+    def shape(self, value: ir.Value, start: int, end: int, known: ir.Value | None = None):
+        """``Shape(value)[start:end]``; a constant when those dims of ``known`` (default:
+        ``value``, an equal tensor with shape information) are static, so that a later
+        fold-constants finds nothing left to fold."""
+        dims = static_dims(known if known is not None else value, start, end)
+        if dims is not None:
+            return self.ints(dims)
+        return self.one("Shape", [value], start=start, end=end)
 
     def commit(self, graph: ir.Graph, before: ir.Node) -> None:
         graph.insert_before(before, self.nodes)

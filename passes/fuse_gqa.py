@@ -19,8 +19,9 @@ computed once per graph when the dims are named. Consumers of ``kt``/``vt`` outs
 (the stacked ``present_keys``/``present_values`` or per-layer present outputs) read the op's
 present outputs, so the component's inputs and outputs keep their names, types and shapes.
 
-The mask must be causal (bottom-right aligned): it is evaluated for two sets of dimension
-sizes, and must depend on input shapes only. No mask is accepted when there is one query.
+The mask must be causal (bottom-right aligned): it is evaluated (once per mask tensor) with
+ONNX's reference evaluator for two sets of dimension sizes, and may depend on input shapes
+only. Without a mask, the site must have exactly one query (a decode step).
 
 Does not fire (``skipped:<reason>``): non-causal or value-dependent masks (padding masks);
 no mask with several queries; query/key lengths differ (cross-attention); a past cache with
@@ -37,8 +38,8 @@ import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 
 from qgraph.pass_api import GraphPass, Tolerance
-from qgraph.passes._attention import Attention, find_sites, finish, fuse_site, lengths
-from qgraph.passes._rewrite import MS, Builder, dim, static_dim
+from qgraph.passes._attention import Attention, find_sites, finish, fuse_site, ir_dim, lengths
+from qgraph.passes._rewrite import MS, Builder, dim, same_dim, static_dim
 
 _MAX_MASK_NODES = 300
 
@@ -99,7 +100,9 @@ def _evaluate(mask: ir.Value, cone, graph: ir.Graph, opset: int, sizes: dict[str
                 hi = end.as_int() if end is not None else len(shape)
                 value = np.array(shape[slice(lo, hi)], dtype=np.int64)
             tensor = onnx.numpy_helper.from_array(value)
-            protos.append(onnx.helper.make_node("Constant", [], [node.outputs[0].name], value=tensor))
+            protos.append(
+                onnx.helper.make_node("Constant", [], [node.outputs[0].name], value=tensor)
+            )
         else:
             protos.append(ir.serde.serialize_node(node))
     inits = [ir.serde.serialize_tensor(ir.convenience.get_const_tensor(v)) for v in consts]
@@ -115,7 +118,7 @@ def _is_causal(m: np.ndarray, s: int | None, t: int | None) -> bool:
     if m.ndim < 2:
         return False
     s, t = s or m.shape[-2], t or m.shape[-1]
-    if t < s or s < 2:
+    if t < s:
         return False
     try:
         rows = np.broadcast_to(m, (*m.shape[:-2], s, t)).reshape(-1, s, t)
@@ -161,8 +164,14 @@ class FuseGroupQueryAttention(GraphPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         sites = []
+        checked: dict[tuple, str | None] = {}  # layers share one mask: evaluate it once
         for site in find_sites(self, model):
-            reason = causal_reason(site, model)
+            key = (site.mask, ir_dim(site.q, 2), ir_dim(site.k_total, 2))
+            if key not in checked:
+                checked[key] = causal_reason(site, model)
+            reason = checked[key]
+            if reason is None and not same_dim(site.q, 2, site.k_new, 2):
+                reason = "query and key lengths differ (cross-attention)"
             if reason is None and site.past_k is not None and site.batch1_only():
                 reason = "past cache with several queries needs batch 1"
             if reason is not None:

@@ -26,7 +26,7 @@ import onnx_ir as ir
 
 from qgraph.pass_api import GraphPass, Tolerance
 from qgraph.passes._attention import Attention, find_sites, finish, fuse_site
-from qgraph.passes._rewrite import MS, Builder, rank, same_dim, static_dim
+from qgraph.passes._rewrite import MS, Builder, rank, same_dim, static_dim, static_dims
 
 
 def _refusal(site: Attention) -> str | None:
@@ -40,6 +40,11 @@ def _refusal(site: Attention) -> str | None:
     return None
 
 
+def _seq_view(v: ir.Value) -> ir.Value:
+    """Shape-only value whose dim 1 is the sequence dim (dim 2) of a [B,H,S,D] value."""
+    return ir.Value(shape=ir.Shape([None, v.shape[2]]) if rank(v) == 4 else None)
+
+
 def _bias(b: Builder, site: Attention, cache: dict) -> ir.Value | None:
     mask = site.mask
     if mask is None:
@@ -48,15 +53,16 @@ def _bias(b: Builder, site: Attention, cache: dict) -> ir.Value | None:
         return mask
     if mask not in cache:
         q, k, _ = site.bsd_inputs(b)
-        shape = b.one(
-            "Concat",
-            [
-                b.one("Shape", [mask], start=0, end=2),
-                b.one("Shape", [q], start=1, end=2),
-                b.one("Shape", [k], start=1, end=2),
-            ],
-            axis=0,
-        )
+        lead, s, t = static_dims(mask, 0, 2), static_dim(site.q, 2), static_dim(site.k_total, 2)
+        if lead is not None and s is not None and t is not None:
+            shape = b.ints([*lead, s, t])
+        else:
+            parts = [
+                b.shape(mask, 0, 2),
+                b.shape(q, 1, 2, known=_seq_view(site.q)),
+                b.shape(k, 1, 2, known=_seq_view(site.k_total)),
+            ]
+            shape = b.one("Concat", parts, axis=0)
         cache[mask] = b.one("Expand", [mask, shape])
     return cache[mask]
 

@@ -45,11 +45,14 @@ from qgraph.passes._rewrite import (
     same_dim,
     scalar,
     static_dim,
+    static_dims,
 )
+
+INT64 = ir.DataType.INT64
 
 
 def _angles(value: ir.Value, trig: str) -> tuple | None:
-    """(f, scale, cast_to, unsqueeze_axis) for ``[Unsqueeze][Cast][Mul(scale)] trig(Concat(f,f))``."""
+    """(f, scale, cast_to, unsqueeze axis) of ``[Unsqueeze][Cast][Mul] trig(Concat(f, f))``."""
     scale, cast_to, axis = 1.0, None, None
     if (node := producer(value, "Unsqueeze")) is not None:
         axes = const_ints(node.inputs[1]) if len(node.inputs) > 1 else ints_attr(node, "axes")
@@ -102,6 +105,9 @@ class _Rotary(pattern.RewriteRuleClassBase):
         self._split = split
         self._tables: dict[tuple, tuple[ir.Value, ir.Value, ir.Value]] = {}
 
+    def setup(self) -> None:
+        self._tables.clear()
+
     def cleanup(self) -> None:
         self._tables.clear()
 
@@ -145,11 +151,20 @@ class _Rotary(pattern.RewriteRuleClassBase):
                 if cast_to is not None:
                     t = op.Cast(t, to=cast_to)
                 pair.append(op.Reshape(t, op.Constant(value_ints=[-1, width // 2])))
-            scalar_shape = op.Constant(value=ir.tensor(np.zeros(0, dtype=np.int64)))
-            rows = op.Reshape(op.Shape(pair[0], start=0, end=1), scalar_shape)
-            zero, one = (op.Constant(value=ir.tensor(v, dtype=ir.DataType.INT64)) for v in (0, 1))
-            lead = op.Shape(f, start=0, end=-1) if rank(f) == 3 else op.Constant(value_ints=[1, -1])
-            pos = op.Reshape(op.Range(zero, rows, one), lead)
+            lead = static_dims(f, 0, -1)
+            if lead is not None:
+                grid = np.arange(int(np.prod(lead)), dtype=np.int64).reshape(lead)
+                pos = op.Constant(value=ir.tensor(grid if rank(f) == 3 else grid[None]))
+            else:
+                no_dims = op.Constant(value=ir.tensor(np.zeros(0, dtype=np.int64)))
+                rows = op.Reshape(op.Shape(pair[0], start=0, end=1), no_dims)
+                zero, one = (op.Constant(value=ir.tensor(v, dtype=INT64)) for v in (0, 1))
+                shape = (
+                    op.Shape(f, start=0, end=-1)
+                    if rank(f) == 3
+                    else op.Constant(value_ints=[1, -1])
+                )
+                pos = op.Reshape(op.Range(zero, rows, one), shape)
             self._tables[key] = (pair[0], pair[1], pos)
         return self._tables[key]
 
@@ -158,14 +173,16 @@ class _Rotary(pattern.RewriteRuleClassBase):
         width = static_dim(x, -1)
         cos_t, sin_t, pos = self._table(op, f, scale, cast_to, width)
         if rank(f) != 3 or not same_dim(f, 0, x, 0):
-            seq = op.Shape(pos, start=1, end=2)
-            pos = op.Expand(pos, op.Concat(op.Shape(x, start=0, end=1), seq, axis=0))
+            batch = static_dims(x, 0, 1)
+            batch = op.Constant(value_ints=batch) if batch else op.Shape(x, start=0, end=1)
+            pos = op.Expand(pos, op.Concat(batch, op.Constant(value_ints=[1]), axis=0))
         if axis != 2:
             return op.RotaryEmbedding(x, pos, cos_t, sin_t, interleaved=0, _domain=MS)
         heads = static_dim(x, 2)
         x3 = op.Reshape(x, op.Constant(value_ints=[0, 0, -1]))
         y3 = op.RotaryEmbedding(x3, pos, cos_t, sin_t, interleaved=0, num_heads=heads, _domain=MS)
-        return op.Reshape(y3, op.Shape(x))
+        dims = static_dims(x)
+        return op.Reshape(y3, op.Constant(value_ints=dims) if dims else op.Shape(x))
 
 
 RULES = [

@@ -32,7 +32,6 @@ from qgraph.passes._rewrite import (
     fail,
     rank,
     residual_sum,
-    static_dim,
 )
 
 
@@ -47,9 +46,10 @@ class _SkipLayerNorm(pattern.RewriteRuleClassBase):
         return op.LayerNormalization(*inputs, _allow_other_attributes=True, _outputs=["y"]), s
 
     def check(self, context, a, b, gamma, y, beta=None, bias=None, **_):
-        if beta is not None and (rank(beta) != 1 or static_dim(beta, 0) != static_dim(a, -1)):
+        result = check_residual(a, b, gamma, bias, y)
+        if result and beta is not None and (rank(beta) != 1 or beta.shape != gamma.shape):
             return fail("beta is not 1-D over the hidden axis")
-        return check_residual(a, b, gamma, bias, y)
+        return result
 
     def rewrite(self, op, a, b, gamma, y, beta=None, bias=None, **_):
         eps = y.producer().attributes.get("epsilon")

@@ -1,8 +1,9 @@
 """Fixtures for the fusion tests: the tiny Qwen3-ASR, exported once per session and cleaned.
 
 ``tiny_clean`` is the raw export after the ``hygiene`` pipeline (the graphs the fusions see in
-``fp32``); ``tiny_component(name, *passes)`` loads one of its components and applies passes
-in order, so each fusion is tested on the graph its predecessors leave.
+``fp32``); ``tiny_component(name, *passes)`` loads one of its components (weights in memory)
+and applies passes in order, so each fusion is tested on the graph its predecessors leave.
+``typed(text)`` builds a model from ONNX text with inferred shapes, as ``hygiene`` leaves them.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def tiny_clean(tiny_raw: Path) -> Path:
 def tiny_component(tiny_clean: Path) -> LoadComponent:
     def load(name: str, *passes: GraphPass) -> ir.Model:
         model = Bundle.load(tiny_clean / f"{name}.onnx").components[name]
+        ir.external_data.load_to_model(model)  # in memory: check_pass copies the model
         for p in passes:
             p(model)
         return model

@@ -85,9 +85,7 @@ def test_fuses_spellings(typed, text):
 
 
 def test_fp16_input_normalizes_in_float(typed):
-    check = check_pass(
-        FuseRmsNorm(), typed(FP16_UPCAST), tolerance=Tolerance(atol=4e-3, rtol=2e-3)
-    )
+    check = check_pass(FuseRmsNorm(), typed(FP16_UPCAST), tolerance=Tolerance(atol=4e-3, rtol=2e-3))
     assert op_types(check.after) == ["SimplifiedLayerNormalization"]
     assert check.after.graph.inputs[0].dtype.name == "FLOAT16"
 

@@ -1,0 +1,156 @@
+"""MatMul(x, W) with a constant ``W[K, N]`` -> dynamic INT8: int8 weights with one scale per
+output channel, activations quantized per call.
+
+Rewrite::
+
+    y = MatMul(x, W)
+  ->
+    xq, xs, xz = DynamicQuantizeLinear(x)                       uint8 activations, per tensor
+    acc = MatMulInteger(xq, W_i8, xz)                           W_i8: int8 [K, N], zero point 0
+    y = Mul(Cast(acc, to=FLOAT), Mul(xs, W_scale))              W_scale: float [N]
+
+This is the structure ``onnxruntime.quantization.quantize_dynamic`` emits; ONNX Runtime fuses it
+into ``DynamicQuantizeMatMul`` when it loads the model. The weights are ``ir.LazyTensor``
+objects computed from the memory-mapped source when the bundle is hashed or saved (a source
+already in memory is quantized at once and let go).
+
+The public tool's trap, avoided: ``quantize_dynamic`` with its defaults quantizes every MatMul
+weight *per tensor* and also the embedding ``Gather``. On 1.7B the 151936-column lm_head then
+shares one scale with its outlier columns, the ``<asr_text>`` logit margin collapses and ~12 %
+of clips spell "language English asr text" instead of emitting the special token. Here every
+output channel (every vocabulary column of the lm_head) has its own scale, and no ``Gather`` is
+ever quantized (decoder_init's embedding keeps reading the FP32 ``lm_head.weight``; counted as
+``skipped:FP32 weight kept for other users``). ``per_channel=false`` reproduces the per-tensor
+trap for comparison only. ``reduce_range=true`` uses 7-bit weights, for x86 CPUs without VNNI
+whose U8S8 kernels can saturate.
+
+Selection: ``roles`` and ``exclude`` as in ``quantize-int4`` (``_quant``); the encoder is left
+alone by default (INT8 encoder: +1 pp WER in the public tool's experiment [100]).
+Does not fire (``skipped:<reason>``): the weight is not a constant FLOAT 2-D initializer; its
+role is not selected; it is excluded.
+Lossy: int8 weights and activations. Error budget (``--verify-each``): cosine >= 0.995 and top-1
+agreement >= 0.9 on every output; the tiny model measures >= 0.999.
+Scope: the main graph of every component (``on=`` to choose).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from qgraph.pass_api import GraphPass, Tolerance, option
+from qgraph.passes._quant import (
+    DECODER_ROLES,
+    ROLES,
+    LazyParts,
+    SourceCache,
+    add_initializer,
+    graph_role,
+    refusal,
+    release,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def quantize_per_channel(
+    w: np.ndarray, per_channel: bool, reduce_range: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """``W[K, N]`` -> (int8 ``[K, N]``, float32 scales ``[N]``), symmetric."""
+    qmax = 63.0 if reduce_range else 127.0
+    w = np.asarray(w, dtype=np.float32)
+    amax = np.abs(w).max(axis=0) if per_channel else np.full(w.shape[1], np.abs(w).max())
+    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int8)
+    return q, scale
+
+
+class QuantizeInt8(GraphPass):
+    """MatMul with a constant weight -> dynamic INT8 (per-channel int8 weights, no Gather)."""
+
+    name = "quantize-int8"
+    category = "quantization"
+    must_follow = ("fusion", "compression", "awq-smooth", "inline-lm-head")
+    reason = (
+        "fusions and compression (low-rank) rewrite FP32 MatMuls, awq-smooth rescales FP32 "
+        "weights, and the lm_head is only a constant weight once inline-lm-head made it one"
+    )
+    tolerance = Tolerance(atol=None, rtol=None, min_cosine=0.995, min_top1=0.9)
+    roles: tuple[str, ...] = option(DECODER_ROLES, "layer roles to quantize", choices=ROLES)
+    exclude: tuple[str, ...] = option((), "fnmatch patterns: node, weight or module names")
+    per_channel: bool = option(True, "one scale per output channel (false: per tensor, the trap)")
+    reduce_range: bool = option(False, "7-bit weights (x86 without VNNI)")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        done: set[ir.Value] = set()
+        quantized_inputs: dict[ir.Value, ir.Node] = {}
+        fallback = graph_role(graph)
+        for node in list(graph):
+            if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
+                continue
+            weight = node.inputs[1]
+            reason = refusal(node, weight, self.roles, self.exclude, (ir.DataType.FLOAT,), fallback)
+            if reason:
+                self.count(f"skipped:{reason}")
+                continue
+            self._rewrite(graph, node, weight, quantized_inputs)
+            done.add(weight)
+            self.count("quantized")
+        self.__dict__.setdefault("_cache", SourceCache()).end_component()
+        for weight in done:
+            if weight.uses():
+                self.count("skipped:FP32 weight kept for other users")
+            else:
+                graph.initializers.pop(weight.name)
+        return ir.passes.PassResult(model, bool(done))
+
+    def _tensors(self, t: ir.TensorProtocol, name: str) -> tuple[ir.LazyTensor, ir.LazyTensor]:
+        per_channel, reduce_range = self.per_channel, self.reduce_range
+        rows, cols = (int(d) for d in t.shape)
+
+        def compute() -> dict[str, np.ndarray]:
+            w = t.numpy()
+            q, scale = quantize_per_channel(w, per_channel, reduce_range)
+            del w
+            release(t)
+            return {"weight": q, "scale": scale}
+
+        def make(eager: bool) -> tuple:
+            parts = LazyParts(compute, eager)
+            return (
+                parts.tensor("weight", ir.DataType.INT8, (rows, cols), f"{name}_quantized"),
+                parts.tensor("scale", ir.DataType.FLOAT, (cols,), f"{name}_scale"),
+            )
+
+        return self.__dict__.setdefault("_cache", SourceCache()).get(t, make)
+
+    def _rewrite(
+        self, graph: ir.Graph, node: ir.Node, weight: ir.Value, quantized: dict[ir.Value, ir.Node]
+    ) -> None:
+        """Replace ``node``; MatMuls reading one activation share its DynamicQuantizeLinear."""
+        q, scale = self._tensors(weight.const_value, weight.name or node.name or "W")
+
+        def name(suffix: str) -> str | None:
+            return f"{node.name}_{suffix}" if node.name else None
+
+        x = node.inputs[0]
+        dq = quantized.get(x)
+        new = []
+        if dq is None:
+            dq = ir.node("DynamicQuantizeLinear", [x], num_outputs=3, name=name("dq"))
+            quantized[x] = dq
+            new.append(dq)
+        xq, xs, xz = dq.outputs
+        mm = ir.node("MatMulInteger", [xq, add_initializer(graph, q), xz], name=name("int"))
+        cast = ir.node("Cast", mm.outputs, {"to": ir.DataType.FLOAT}, name=name("cast"))
+        s = ir.node("Mul", [xs, add_initializer(graph, scale)], name=name("scale"))
+        out = ir.node("Mul", [cast.outputs[0], s.outputs[0]], name=name("rescale"))
+        new += [mm, cast, s, out]
+        for n in new:
+            n.metadata_props.update(node.metadata_props)
+        ir.convenience.replace_nodes_and_values(
+            graph, node, [node], new, [node.outputs[0]], [out.outputs[0]]
+        )

@@ -1,0 +1,70 @@
+import pytest
+
+from qgraph.passes.fuse_skip_layer_norm import FuseSkipLayerNorm
+from qgraph.testing import check_pass, op_types
+
+PRE_LN = """
+<ir_version: 10, opset_import: ["" : 18]>
+g (float[2,5,16] x, float[2,5,16] h, float[16,16] w, float[16] bias, float[16] g, float[16] b)
+    => (float[2,5,16] y, float[2,5,16] r) {
+    m = MatMul (h, w)
+    proj = Add (m, bias)
+    r = Add (x, proj)
+    y = LayerNormalization <axis = -1, epsilon = 1e-5> (r, g, b)
+}
+"""
+
+NO_BETA_REVERSED = """
+<ir_version: 10, opset_import: ["" : 18]>
+g (float[2,5,16] x, float[2,5,16] p, float[16] g) => (float[2,5,16] z) {
+    r = Add (p, x)
+    y = LayerNormalization <epsilon = 1e-6> (r, g)
+    z = Add (y, r)
+}
+"""
+
+OPSET17_SUM_BIAS = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[10,16] x, float[10,16] p, float[16] bias, float[16] g, float[16] b) => (float[10,16] y) {
+    s = Add (x, p)
+    r = Add (s, bias)
+    y = LayerNormalization <axis = 1> (r, g, b)
+}
+"""
+
+OVER_TWO_AXES = PRE_LN.replace("axis = -1", "axis = 1").replace(
+    "float[16] g, float[16] b", "float[5,16] g, float[5,16] b"
+)
+
+
+def test_pre_ln_with_projection_bias(typed):
+    check = check_pass(FuseSkipLayerNorm(), typed(PRE_LN))
+    assert op_types(check.after) == ["MatMul", "SkipLayerNormalization"]
+    node = check.after.graph.node(1)
+    assert node.domain == "com.microsoft" and len(node.inputs) == 5
+    assert node.attributes["epsilon"].as_float() == pytest.approx(1e-5)
+    assert [v.name for v in check.after.graph.outputs] == ["y", "r"]
+    assert check.stats == {"fused": 1}
+
+
+@pytest.mark.parametrize("text", [NO_BETA_REVERSED, OPSET17_SUM_BIAS], ids=["no-beta", "opset17"])
+def test_other_spellings(typed, text):
+    check = check_pass(FuseSkipLayerNorm(), typed(text))
+    assert "LayerNormalization" not in op_types(check.after)
+    assert op_types(check.after).count("SkipLayerNormalization") == 1
+
+
+def test_does_not_fire_on_multi_axis_norm(typed):
+    check = check_pass(FuseSkipLayerNorm(), typed(OVER_TWO_AXES), expect_modified=False)
+    assert check.stats == {"skipped:gamma or bias is not 1-D over the hidden axis": 1}
+
+
+def test_tiny_encoder(tiny_component):
+    """2 layers x (post-attention, next layer's pre-LN) - 1: the stack's first and ln_post stay."""
+    check = check_pass(FuseSkipLayerNorm(), tiny_component("encoder"))
+    assert check.stats == {"fused": 3}
+    assert op_types(check.after).count("LayerNormalization") == 2
+
+
+def test_tiny_decoder_has_no_layer_norm(tiny_component):
+    check_pass(FuseSkipLayerNorm(), tiny_component("decoder_step"), expect_modified=False)
