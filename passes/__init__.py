@@ -4,6 +4,7 @@ Each module holds one rewrite; its docstring is its spec. ``BUILTIN_PASSES`` lis
 classes, ``BUILTIN_PIPELINES`` the named pipelines (``name: (text, summary)``).
 """
 
+from qgraph.passes.awq_smooth import AwqSmooth
 from qgraph.passes.cse import CommonSubexpressionElimination
 from qgraph.passes.extract_embed_fp16 import ExtractEmbedFp16
 from qgraph.passes.fold_constants import FoldConstants
@@ -17,6 +18,9 @@ from qgraph.passes.fuse_sibling_matmuls import FuseSiblingMatMuls
 from qgraph.passes.fuse_skip_layer_norm import FuseSkipLayerNorm
 from qgraph.passes.fuse_skip_rms_norm import FuseSkipRmsNorm
 from qgraph.passes.inline_lm_head import InlineLmHead
+from qgraph.passes.low_rank import LowRank
+from qgraph.passes.quantize_int4 import QuantizeMatMulNBits
+from qgraph.passes.quantize_int8 import QuantizeInt8
 from qgraph.passes.remove_unused import RemoveUnused
 from qgraph.passes.shard_external_data import ShardExternalData
 from qgraph.passes.share_weights import ShareWeights
@@ -40,6 +44,8 @@ BUILTIN_PASSES = [
     ShardExternalData,
     # precision
     ToFp16,
+    # compression (before fusions and quantization)
+    LowRank,
     # fusion (ONNX Runtime contrib ops), in pipeline order
     FuseRmsNorm,
     FuseSkipRmsNorm,
@@ -50,6 +56,10 @@ BUILTIN_PASSES = [
     FuseGroupQueryAttention,
     FuseMultiHeadAttention,
     FuseSiblingMatMuls,
+    # quantization (after fusions)
+    AwqSmooth,
+    QuantizeMatMulNBits,
+    QuantizeInt8,
 ]
 
 # The release layout for encoder / decoder_init / decoder_step bundles. Every step is a no-op on
@@ -79,13 +89,19 @@ BUILTIN_PIPELINES = {
         "data file",
     ),
     "default": (
-        f"hygiene,extract-embed-fp16,{_UNTIE},{_SHARE}",
-        "the release layout: as fp32 but embed_tokens.bin in FP16 (the public release's "
-        "choice; int4 decoders join once quantization lands)",
+        f"hygiene,fusions,extract-embed-fp16,{_UNTIE},quantize-int4,{_SHARE}",
+        "the release: fused graphs, int4 (MatMulNBits, block 64, asymmetric, accuracy level 4) "
+        "decoders incl. lm_head, FP32 encoder, FP16 embed_tokens.bin, one shared decoder data "
+        "file",
     ),
     "fp16": (
         f"hygiene,extract-embed-fp16,{_UNTIE},to-fp16,{_SHARE}",
         "FP16 weight storage (FP32 compute and I/O, masks clamped to stay finite): half the "
-        "disk of fp32",
+        "disk of fp32; unfused, because to-fp16 leaves contrib ops' FP32 weights alone",
+    ),
+    "sherpa": (
+        "hygiene,fusions,inline-lm-head{components=[decoder]}",
+        "lossless for the sherpa-onnx layout (export --layout sherpa): ORT fusions and an "
+        "untied lm_head, keeping sherpa-onnx's I/O contract",
     ),
 }

@@ -146,24 +146,42 @@ def excluded(patterns: tuple[str, ...], node: ir.Node, weight: ir.Value) -> bool
 
 
 # -- block quantization (ONNX Runtime's layout) ---------------------------------------------------
+CHUNK_BYTES = 64 << 20
+"""Columns are quantized in slices of about this many input bytes (the kernel's results are per
+column, so the bytes do not depend on it): a transposed or huge weight (the lm_head) is never
+copied whole."""
+
+
 def block_quantize(
-    w: np.ndarray, bits: int, block_size: int, symmetric: bool
+    w: np.ndarray, bits: int, block_size: int, symmetric: bool, chunk_bytes: int = CHUNK_BYTES
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``W[K, N]`` -> (packed ``[N, k_blocks, blob]`` uint8, scales ``[N, k_blocks]``, zero
     points uint8 ``[N, ceil(k_blocks * bits / 8)]``), exactly as ORT's quantizer packs them."""
     from onnxruntime.capi import _pybind_state as ort_c
 
-    w = np.ascontiguousarray(w)  # the kernel reads the buffer row-major, whatever the strides
     rows, cols = w.shape
     k_blocks = (rows + block_size - 1) // block_size
     pack = 8 // bits
-    if k_blocks * block_size > rows:
-        w = np.pad(w, ((0, k_blocks * block_size - rows), (0, 0)), "constant")
     packed = np.zeros((cols, k_blocks, (block_size + pack - 1) // pack), dtype=np.uint8)
     zero_points = np.zeros((cols, (k_blocks + pack - 1) // pack), dtype=np.uint8)
     scales = np.zeros((cols, k_blocks), dtype=w.dtype)
     kernel = ort_c.quantize_matmul_4bits if bits == 4 else ort_c.quantize_matmul_8bits
-    kernel(packed, w, scales, zero_points, block_size, cols, rows, symmetric)
+    step = max(1, chunk_bytes // max(1, k_blocks * block_size * w.dtype.itemsize))
+    for start in range(0, cols, step):
+        end = min(cols, start + step)
+        # row-major and padded to whole blocks, as ORT's quantizer hands the kernel its weight
+        part = np.zeros((k_blocks * block_size, end - start), dtype=w.dtype)
+        part[:rows] = w[:, start:end]
+        kernel(
+            packed[start:end],
+            part,
+            scales[start:end],
+            zero_points[start:end],
+            block_size,
+            end - start,
+            rows,
+            symmetric,
+        )
     return packed, scales, zero_points
 
 

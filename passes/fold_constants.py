@@ -4,7 +4,8 @@ Wraps onnxscript's constant folder (``onnxscript.optimizer.FoldConstantsPass``):
 nodes whose inputs are all constants, propagates shapes to turn ``Shape``-derived values into
 constants where they are static, and replaces the results by initializers. Then, as onnxscript's
 own optimizer does, it drops the nodes that folding left unused and lifts ``Constant`` nodes of
-more than 16 elements into initializers (so that weights live in external data).
+more than 16 elements into initializers (so that weights live in external data). A ``Cast`` of
+an FP16 initializer is kept: it is ``to-fp16``'s storage cast, and folding it would undo it.
 
 Does not fire: inputs that are not constant; results larger than ``output_size_limit``
 elements (except the always-folded ops, e.g. Transpose of a weight with no other use).
@@ -20,6 +21,15 @@ from onnx_ir.passes import common
 from onnxscript.optimizer import _constant_folding
 
 from qgraph.pass_api import GraphPass, option
+
+
+def _keep_storage_casts(node: ir.Node) -> bool | None:
+    """False for Cast(FP16 initializer) (to-fp16's storage cast); None: the folder decides."""
+    if node.op_type == "Cast" and node.inputs and node.inputs[0] is not None:
+        source = node.inputs[0].const_value
+        if source is not None and source.dtype == ir.DataType.FLOAT16:
+            return False
+    return None
 
 
 class FoldConstants(GraphPass):
@@ -42,6 +52,7 @@ class FoldConstants(GraphPass):
             shape_inference=True,
             input_size_limit=self.input_size_limit,
             output_size_limit=self.output_size_limit,
+            should_fold=_keep_storage_casts,
         )(model)
         modified = result.modified
         if modified:

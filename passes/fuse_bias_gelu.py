@@ -63,7 +63,7 @@ class FuseBiasGelu(GraphPass):
     name = "fuse-bias-gelu"
     category = "fusion"
     tolerance = Tolerance(atol=1e-5, rtol=1e-4)
-    must_follow = ("fuse-gelu",)
+    must_follow = ("fuse-gelu", "compression")
     reason = "it fuses the Gelu that fuse-gelu produces from erf chains"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

@@ -65,7 +65,7 @@ class FuseSkipRmsNorm(GraphPass):
     name = "fuse-skip-rms-norm"
     category = "fusion"
     tolerance = Tolerance(atol=1e-5, rtol=1e-4)
-    must_follow = ("fuse-rms-norm",)
+    must_follow = ("fuse-rms-norm", "compression")
     reason = "it fuses the SimplifiedLayerNormalization that fuse-rms-norm produces"
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

@@ -42,6 +42,7 @@ import onnx_ir as ir
 
 from qgraph.pass_api import GraphPass, Tolerance, option
 from qgraph.passes._quant import (
+    CHUNK_BYTES,
     DECODER_ROLES,
     ROLES,
     LazyParts,
@@ -58,12 +59,19 @@ logger = logging.getLogger(__name__)
 def quantize_per_channel(
     w: np.ndarray, per_channel: bool, reduce_range: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``W[K, N]`` -> (int8 ``[K, N]``, float32 scales ``[N]``), symmetric."""
+    """``W[K, N]`` -> (int8 ``[K, N]``, float32 scales ``[N]``), symmetric; a slice of columns
+    at a time (``CHUNK_BYTES``), so a transposed or huge weight is never copied whole."""
     qmax = 63.0 if reduce_range else 127.0
-    w = np.asarray(w, dtype=np.float32)
-    amax = np.abs(w).max(axis=0) if per_channel else np.full(w.shape[1], np.abs(w).max())
+    rows, cols = w.shape
+    step = max(1, CHUNK_BYTES // max(1, rows * 4))
+    slices = [slice(i, min(cols, i + step)) for i in range(0, cols, step)]
+    amax = np.concatenate([np.abs(w[:, c]).max(axis=0) for c in slices]).astype(np.float32)
+    if not per_channel:
+        amax[:] = amax.max(initial=0.0)
     scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
-    q = np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int8)
+    q = np.empty((rows, cols), dtype=np.int8)
+    for c in slices:
+        q[:, c] = np.clip(np.rint(w[:, c] / scale[c]), -qmax, qmax)
     return q, scale
 
 

@@ -31,8 +31,8 @@ def compile_with(raw: Path, pipeline: str, out: Path, **instruments) -> Bundle:
     return bundle, result
 
 
-@pytest.mark.parametrize("pipeline", ["fp32", "default", "fp16"])
-def test_pipeline_is_token_exact(tiny_raw, tmp_path, audio, raw_tokens, pipeline):
+@pytest.mark.parametrize("pipeline", ["fp32", "fp16"])
+def test_lossless_pipeline_is_token_exact(tiny_raw, tmp_path, audio, raw_tokens, pipeline):
     bundle, result = compile_with(tiny_raw, pipeline, tmp_path / pipeline, verify_each=True)
     out = tmp_path / pipeline
     files = sorted(p.name for p in out.iterdir())
@@ -58,3 +58,18 @@ def test_fp32_layout_and_sizes(tiny_raw, tmp_path):
     assert size < raw_size  # shared decoder weights outweigh the extra untied lm_head
     history = {r.text: r for r in result.records}
     assert history["share-weights"].stats["tensors shared"] > 0
+
+
+def test_default_is_int4_within_its_budget(tiny_raw, tmp_path, audio):
+    # --verify-each checks every pass's declared budget (int4: cosine / top-1 on logits)
+    bundle, result = compile_with(tiny_raw, "default", tmp_path / "default", verify_each=True)
+    ops = {n.op_type for n in bundle.components["decoder_step"].graph}
+    assert "MatMulNBits" in ops and "MatMul" not in ops
+    assert "MatMulNBits" not in {n.op_type for n in bundle.components["encoder"].graph}
+    verdicts = [v for r in result.records for v in r.verified.values()]
+    assert verdicts and all(v == "ok" or v.startswith("skipped") for v in verdicts)
+    raw_size = sum(f["bytes"] for f in Bundle.load(tiny_raw).manifest["files"].values())
+    size = sum(f["bytes"] for f in bundle.manifest["files"].values())
+    assert size < raw_size / 2
+    transcript = AsrSession(tmp_path / "default").transcribe(audio)
+    assert transcript.token_ids

@@ -2,8 +2,9 @@
 
 1. export the tiny random-weight Qwen3-ASR (fixed seed) to ``DIR/raw``;
 2. ``qgraph compile DIR/raw -o DIR/compiled --passes default`` with one line per pass;
-3. transcribe the bundled speech clip with both bundles (the token ids must match);
-4. validate the compiled bundle against PyTorch eager, token for token.
+3. compile it with ``fp32`` (every lossless pass) to ``DIR/fp32`` as well;
+4. transcribe the bundled speech clip with all three (raw and fp32 must agree exactly);
+5. validate the fp32 bundle against PyTorch eager, token for token.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ def add_parser(sub) -> None:
         help="export, compile, transcribe and validate the built-in tiny example",
         description="Run the main job on the built-in example, offline: export a tiny "
         "random-weight Qwen3-ASR to DIR/raw, compile it with --passes to DIR/compiled (one line "
-        "per pass), transcribe the bundled speech clip with both bundles and validate the "
-        "compiled one against PyTorch eager, token for token. DIR/raw and DIR/compiled are "
-        "replaced if they exist. A random model's words are gibberish: what matters is that "
+        "per pass) and with fp32 to DIR/fp32, transcribe the bundled speech clip with all three "
+        "and validate the fp32 one against PyTorch eager, token for token. The three folders "
+        "are replaced if they exist. A random model's words are gibberish: what matters is that "
         "every stage agrees with PyTorch.",
     )
     p.add_argument(
@@ -68,7 +69,7 @@ def run(args) -> int:
     from qgraph.runtime import AsrSession
     from qgraph.runtime.audio import load_audio
 
-    raw, compiled = args.dir / "raw", args.dir / "compiled"
+    raw, compiled, exact = args.dir / "raw", args.dir / "compiled", args.dir / "fp32"
     steps = expand(args.passes, default_registry(), what="--passes")
 
     step(f"export: tiny random-weight Qwen3-ASR -> {raw}")
@@ -77,37 +78,47 @@ def run(args) -> int:
     print(f"exported in {time.perf_counter() - start:.1f}s")
 
     step(f"compile: {raw} -> {compiled} with --passes {args.passes}")
-    bundle = Bundle.load(raw)
-    inst = Instruments(on_record=lambda r: print_record(r, None, sys.stdout))
-    run_pipeline(bundle, steps, inst)
-    bundle.save(compiled, overwrite=True)
-    sizes = {
-        p: sum(f["bytes"] for f in Bundle.load(p).manifest["files"].values())
-        for p in (raw, compiled)
-    }
-    print(f"wrote {compiled}: {human_bytes(sizes[compiled])} (raw: {human_bytes(sizes[raw])})")
+    compile_bundle(raw, compiled, steps, verbose=True)
+    step(f"compile: {raw} -> {exact} with --passes fp32 (every lossless pass)")
+    compile_bundle(raw, exact, expand("fp32", default_registry()), verbose=False)
 
     audio_path = example_audio()
     audio = load_audio(audio_path)
     # a random model rarely says end-of-text: hitting max_tokens is expected here
     logging.getLogger("qgraph.runtime.decode").setLevel(logging.ERROR)
     step(f"transcribe {audio_path.name} ({len(audio) / 16000:.1f}s of speech)")
-    results = {}
-    for path in (raw, compiled):
+    tokens = {}
+    for path in (raw, exact, compiled):
         t = AsrSession(path).transcribe(audio)
-        results[path] = t
+        tokens[path] = t.token_ids
         ids = " ".join(map(str, t.token_ids[:8]))
         print(f"{path.name:>9}: {len(t.token_ids)} tokens in {t.timings.total_s:.2f}s: {ids} ...")
-    if results[raw].token_ids != results[compiled].token_ids:
-        raise VerificationError("raw and compiled bundles decode different tokens")
-    print("raw and compiled bundles decode the same tokens")
+    if tokens[exact] != tokens[raw]:
+        raise VerificationError("the fp32 bundle decodes different tokens than the raw one")
+    same = sum(a == b for a, b in zip(tokens[raw], tokens[compiled], strict=False))
+    print(
+        f"fp32 decodes exactly the raw tokens; {args.passes}: {same}/{len(tokens[raw])} "
+        "positions agree (int4 on a random model's near-flat logits: see "
+        "benchmarks/results/accuracy.md for what each option costs)"
+    )
 
-    step("validate the compiled bundle against PyTorch eager")
-    report = validate_bundle(compiled, "tiny", [(audio_path.name, audio)])
+    step("validate the fp32 bundle against PyTorch eager")
+    report = validate_bundle(exact, "tiny", [(audio_path.name, audio)])
     print(report.table())
     report.raise_for_failure()
     print(
-        f"\ndone: {compiled} is token-exact with PyTorch. Next: qgraph transcribe {compiled} "
-        "YOUR.wav, qgraph bench, or qgraph compile --print-changed=diff to see each rewrite."
+        f"\ndone: {exact} is token-exact with PyTorch and {compiled} is the release layout. "
+        f"Next: qgraph transcribe {compiled} YOUR.wav, qgraph bench {compiled}, or "
+        "qgraph compile --print-changed=diff to see each rewrite."
     )
     return 0
+
+
+def compile_bundle(src: Path, out: Path, steps, *, verbose: bool) -> None:
+    bundle = Bundle.load(src)
+    on_record = (lambda r: print_record(r, None, sys.stdout)) if verbose else None
+    run_pipeline(bundle, steps, Instruments(on_record=on_record))
+    bundle.save(out, overwrite=True)
+    size = sum(f["bytes"] for f in bundle.manifest["files"].values())
+    raw = sum(f["bytes"] for f in Bundle.load(src).manifest["files"].values())
+    print(f"wrote {out}: {human_bytes(size)} (raw: {human_bytes(raw)})")

@@ -12,7 +12,7 @@ from qgraph.bundle import Bundle
 from qgraph.errors import PipelineError
 from qgraph.examples import example_audio
 from qgraph.manager import run_pipeline
-from qgraph.passes._quant import fake_quantize
+from qgraph.passes._quant import block_quantize, fake_quantize
 from qgraph.passes.inline_lm_head import InlineLmHead
 from qgraph.passes.quantize_int4 import QuantizeMatMulNBits
 from qgraph.pipeline import expand
@@ -77,6 +77,16 @@ def test_packed_bytes_equal_onnxruntime_quantizer(bits, block, sym, level):
         for mine, orts in zip(node.inputs[1:], ref.inputs[1:], strict=True):
             assert list(mine.const_value.shape) == list(orts.const_value.shape)
             assert mine.const_value.tobytes() == orts.const_value.tobytes(), mine.name
+
+
+@pytest.mark.parametrize("bits,sym", [(4, False), (4, True), (8, False)])
+def test_column_slices_give_the_same_bytes(bits, sym):
+    """Big or transposed weights are packed a slice of columns at a time, byte for byte alike."""
+    w = np.random.default_rng(4).standard_normal((200, 300)).astype(np.float32)
+    whole = block_quantize(w, bits, 64, sym)
+    sliced = block_quantize(np.asfortranarray(w), bits, 64, sym, chunk_bytes=4 * 256 * 7)
+    for a, b in zip(whole, sliced, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_rewrites_lazily_and_streams_each_weight_once(tmp_path):
