@@ -23,16 +23,6 @@ LoadComponent = Callable[..., ir.Model]
 
 
 @pytest.fixture(scope="session")
-def tiny_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("torch")
-    from qgraph.cli import main
-
-    out = tmp_path_factory.mktemp("fusions") / "raw"
-    assert main(["export", "qwen3-asr", "--model", "tiny", "-o", str(out), "-q"]) == 0
-    return out
-
-
-@pytest.fixture(scope="session")
 def tiny_clean(tiny_raw: Path) -> Path:
     from qgraph.cli import main
 
