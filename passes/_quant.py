@@ -18,10 +18,12 @@ several seeds) or, given a folder of audio files, through the reference runtime 
 decoder_init prefill, greedy decoder_step steps) on a temporary copy of the bundle.
 
 Block quantization mirrors ONNX Runtime's ``DefaultWeightOnlyQuantizer.qbits_block_quant``
-(the same C++ kernel, the same padding and array shapes), so the packed bytes, scales and zero
-points are ORT's. ``LazyParts`` produces those results as ``ir.LazyTensor`` objects that compute
-on first read (one weight at a time, when the bundle is hashed or saved) and drop the arrays
-once every part was read, so a quantized decoder never sits in memory.
+(the same C++ kernel, the same padding and array shapes, a slice of columns at a time), so the
+packed bytes, scales and zero points are ORT's. ``LazyParts`` produces those results as
+``ir.LazyTensor`` objects that compute on first read (when the bundle is hashed or saved) with
+about one weight's results resident at a time, and ``release`` unmaps each source's pages after
+the read, so a quantized decoder never sits in memory; a source that already sits in memory is
+quantized at once instead (``SourceCache``), so that it can be let go.
 """
 
 from __future__ import annotations
