@@ -19,7 +19,7 @@ import onnx_ir as ir
 import torch
 
 from qgraph.bundle import Bundle
-from qgraph.errors import ExportError
+from qgraph.export import check_export_args
 
 from . import graphs, sidefiles
 from .configs import build_resolved, resolve_source
@@ -27,9 +27,6 @@ from .configs import build_resolved, resolve_source
 logger = logging.getLogger(__name__)
 
 FAMILY = "qwen3-asr"
-MIN_OPSET, MAX_OPSET = 18, 23
-"""Opsets the dynamo exporter and the wrappers are checked with."""
-
 COMPONENTS: tuple[tuple[str, Callable[[torch.nn.Module, int], ir.Model]], ...] = (
     ("encoder", graphs.export_encoder),
     ("decoder_init", graphs.export_decoder_init),
@@ -47,11 +44,7 @@ def export_qwen3_asr(
     existing ``out_dir`` (unless ``overwrite``), before any tracing; BundleError if the bundle
     cannot be written.
     """
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ExportError(f"opset {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite and (out_dir.is_file() or any(out_dir.iterdir())):
-        raise ExportError(f"{out_dir} already exists; choose another output or pass --force")
+    out_dir = check_export_args(out_dir, opset, overwrite)
     folder = resolve_source(model)
     tokenizer, pad_id = sidefiles.tokenizer_files(folder)
     hf_model, description = build_resolved(model, folder)

@@ -51,11 +51,11 @@ from torch.export import Dim
 
 from qgraph.bundle import Bundle
 from qgraph.errors import ExportError
+from qgraph.export import check_export_args
 
 from . import sidefiles
 from .configs import build_resolved, resolve_source
 from .dims import DimSpec
-from .exporter import MAX_OPSET, MIN_OPSET
 from .graphs import EXAMPLE_FRAMES, _export, _name_tied_embedding
 from .wrappers import EncoderWrapper, _neg_mask, _repeat_kv, _rms_norm, _rotate_half, _TextDecoder
 
@@ -357,13 +357,9 @@ def export_sherpa(
     Raises ExportError for a bad source, tokenizer, opset or length, or an existing ``out_dir``
     (unless ``overwrite``), before any tracing; BundleError if the bundle cannot be written.
     """
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ExportError(f"opset {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}")
     if not MIN_TOTAL_LEN <= max_total_len <= 65536:
         raise ExportError(f"max_total_len {max_total_len} is out of range {MIN_TOTAL_LEN}..65536")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite and (out_dir.is_file() or any(out_dir.iterdir())):
-        raise ExportError(f"{out_dir} already exists; choose another output or pass --force")
+    out_dir = check_export_args(out_dir, opset, overwrite)
     folder = resolve_source(model)
     tokenizer, pad_id = sidefiles.tokenizer_files(folder)
     sherpa_tok = sherpa_tokenizer_files(

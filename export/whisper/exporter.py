@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from qgraph.bundle import Bundle
-from qgraph.errors import ExportError
+from qgraph.export import check_export_args
 
 from . import graphs
 from .configs import build_model, resolve_source
@@ -34,7 +34,6 @@ from .sidefiles import side_files
 logger = logging.getLogger(__name__)
 
 FAMILY = "whisper"
-MIN_OPSET, MAX_OPSET = 18, 23
 ENCODER, DECODER = "encoder_model", "decoder_model_merged"
 COMPONENTS = (ENCODER, DECODER)
 TRACES = (
@@ -54,11 +53,7 @@ def export_whisper(
     existing ``out_dir`` (unless ``overwrite``), before any tracing; BundleError if the bundle
     cannot be written.
     """
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ExportError(f"opset {opset} is not supported; use {MIN_OPSET}..{MAX_OPSET}")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite and (out_dir.is_file() or any(out_dir.iterdir())):
-        raise ExportError(f"{out_dir} already exists; choose another output or pass --force")
+    out_dir = check_export_args(out_dir, opset, overwrite)
     source = resolve_source(model)
     hf_model, description = build_model(source)
     files = side_files(hf_model, source, list(COMPONENTS))
