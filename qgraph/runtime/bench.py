@@ -12,6 +12,9 @@ measured rounds. Each round:
 Reported: per-component medians, the median end-to-end time, real-time factor (end to end /
 audio duration), decode speed (tokens/s at 100 past tokens and during the end-to-end run) and
 peak resident memory of the process.
+
+On the sherpa-onnx layout (``SherpaSession``) ``decoder_init`` is the prefill call of its one
+``decoder`` graph and ``decoder_step`` its one-token calls over static caches.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from qgraph.runtime.audio import load_audio
-from qgraph.runtime.decode import AsrSession, Timings
+from qgraph.runtime.decode import Timings
 
 __all__ = ["BenchResult", "bench_audio", "peak_rss_bytes", "run_bench"]
 
@@ -119,8 +122,10 @@ def run_bench(
     """Benchmark ``bundle_dir``; ``audio`` (16 kHz mono) overrides the built-in speech."""
     if steps < 1 or repeat < 1 or past_tokens < 1:
         raise ValueError("steps, repeat and past_tokens must be >= 1")
+    from qgraph.runtime.eval import qwen3_session_class
+
     start = time.perf_counter()
-    session = AsrSession(bundle_dir, threads=threads)
+    session = qwen3_session_class(bundle_dir)(bundle_dir, threads=threads)
     load_s = time.perf_counter() - start
     rss_after_load = _rss_bytes()
     samples = audio if audio is not None else bench_audio(audio_seconds, session.sample_rate)
@@ -129,11 +134,7 @@ def run_bench(
     mel = session.features(samples)
     features = session.encode(mel)
     prompt_ids, offset = session.prompt(int(features.shape[1]))
-    _, keys, values = session.prefill(prompt_ids, features, offset)
-    rng = np.random.default_rng(0)
-    past_shape = (*keys.shape[:3], past_tokens, *keys.shape[4:])
-    past_k = (0.1 * rng.standard_normal(past_shape)).astype(keys.dtype)
-    past_v = (0.1 * rng.standard_normal(past_shape)).astype(values.dtype)
+    past_k, past_v = session.random_past(past_tokens)
     token = prompt_ids[-1]
 
     mel_s: list[float] = []

@@ -61,6 +61,7 @@ _ORT_TYPES: dict[str, np.dtype] = {
     "tensor(double)": np.dtype(np.float64),
     "tensor(int64)": np.dtype(np.int64),
     "tensor(int32)": np.dtype(np.int32),
+    "tensor(bool)": np.dtype(np.bool_),
 }
 
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
@@ -158,10 +159,12 @@ class _Component:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise BundleError(f"{path}: ONNX Runtime cannot load {name} ({first[:300]})") from None
         self.input_types: dict[str, np.dtype] = {}
+        self.input_shapes: dict[str, list[int | str | None]] = {}
         for value in self.session.get_inputs():
             if value.type not in _ORT_TYPES:
                 raise BundleError(f"{path}: input {value.name} has unsupported type {value.type}")
             self.input_types[value.name] = _ORT_TYPES[value.type]
+            self.input_shapes[value.name] = list(value.shape)
         self.output_names = [value.name for value in self.session.get_outputs()]
 
     def require(self, inputs: set[str], outputs: set[str]) -> None:
@@ -222,6 +225,9 @@ class AsrSession:
     (``qgraph.runtime.sharing``, ``benchmarks/shared_memory.py``).
     """
 
+    capacity: int | None = None
+    """Positions the KV cache holds (prompt + generated tokens); None: unbounded."""
+
     def __init__(
         self,
         bundle_dir: str | os.PathLike[str],
@@ -246,7 +252,13 @@ class AsrSession:
             "fmax": float(mel.get("fmax", 8000.0)),
         }
         self.tokenizer = load_tokenizer(self.bundle_dir)
-        providers = providers or ["CPUExecutionProvider"]
+        self._open(threads, optimization, providers or ["CPUExecutionProvider"], share_weights)
+        logger.info("loaded %s", self.bundle_dir)
+
+    def _open(
+        self, threads: int | None, optimization: str, providers: list[str], share_weights: bool
+    ) -> None:
+        """Open the ONNX Runtime sessions and check their I/O (the layout-specific part)."""
         paths = {name: component_path(self.bundle_dir, name) for name in COMPONENTS}
         shared = sharing_components(paths) if share_weights else set()
         options = {}
@@ -278,9 +290,6 @@ class AsrSession:
         )
         self.embed_table = (
             EmbedTable.from_bundle(self.bundle_dir, self.config) if self.step_takes_embeds else None
-        )
-        logger.info(
-            "loaded %s (decoder_step takes %s)", self.bundle_dir, token_input.replace("_", " ")
         )
 
     # -- phases ---------------------------------------------------------------------------------
@@ -340,6 +349,14 @@ class AsrSession:
         out = self.decoder_step.run(feeds)
         return out["logits"][0, -1], out["present_keys"], out["present_values"]
 
+    def random_past(self, past_tokens: int, seed: int = 0) -> tuple[Any, Any]:
+        """A random KV cache of ``past_tokens`` positions, as ``step`` takes it (benchmarks)."""
+        layers, _, heads, _, head_dim = self.decoder_step.input_shapes["past_keys"]
+        shape = (layers, 1, heads, past_tokens, head_dim)
+        rng = np.random.default_rng(seed)
+        dtype = self.decoder_step.input_types["past_keys"]
+        return tuple((0.1 * rng.standard_normal(shape)).astype(dtype) for _ in range(2))
+
     def generate(
         self,
         audio_features: np.ndarray,
@@ -350,7 +367,8 @@ class AsrSession:
         stop_on_eos: bool = True,
         timings: Timings | None = None,
     ) -> tuple[list[int], str]:
-        """Greedy tokens after the prompt and the finish reason (``"eos"`` or ``"max_tokens"``)."""
+        """Greedy tokens after the prompt and the finish reason: ``"eos"``, ``"max_tokens"``, or
+        ``"cache_full"`` when the bundle's static KV cache (``capacity``) has no room left."""
         if max_tokens < 1:
             raise RuntimeInputError(f"max_tokens must be >= 1, got {max_tokens}")
         timings = timings if timings is not None else Timings()
@@ -365,6 +383,8 @@ class AsrSession:
                 return tokens, "eos"
             if len(tokens) >= max_tokens:
                 return tokens, "max_tokens"
+            if self.capacity is not None and position >= self.capacity:
+                return tokens, "cache_full"
             start = time.perf_counter()
             logits, keys, values = self.step(token, position, keys, values)
             token = int(np.argmax(logits))
@@ -437,6 +457,8 @@ class AsrSession:
         text, lang = self.decode_text(tokens, language)
         if finish == "max_tokens":
             logger.warning("stopped at max_tokens=%d before an end-of-text token", budget)
+        elif finish == "cache_full":
+            logger.warning("stopped: the KV cache holds %d positions", self.capacity)
         logger.debug(
             "transcribed %.2f s in %.3f s (%d tokens)",
             timings.audio_s,

@@ -2,8 +2,8 @@
 
 ``evaluate(bundle, data_dir)`` transcribes every utterance of ``data_dir`` with the reference
 runtime of the bundle's family (``open_session``: ``WhisperSession`` for ``whisper`` bundles,
-``AsrSession`` otherwise; anything with ``transcribe(samples, language=...) -> Transcript`` and a
-``sample_rate`` works) and scores it.
+``SherpaSession`` for the sherpa-onnx layout, ``AsrSession`` otherwise; anything with
+``transcribe(samples, language=...) -> Transcript`` and a ``sample_rate`` works) and scores it.
 
 Data folder (searched recursively): audio files (``.wav``, ``.flac``, ``.ogg``), each with its
 reference text either in a same-stem ``.txt`` file beside it or on a line ``ID text`` of a
@@ -65,14 +65,24 @@ class Transcriber(Protocol):
 
 
 def open_session(bundle_dir: str | os.PathLike[str], *, threads: int | None = None) -> Transcriber:
-    """The reference runtime for the bundle's family (``whisper`` or ``qwen3-asr``)."""
+    """The reference runtime for the bundle's family: ``WhisperSession`` (``whisper``),
+    ``SherpaSession`` (``qwen3-asr-sherpa``) or ``AsrSession`` (``qwen3-asr``)."""
     from qgraph.runtime.whisper import WhisperSession, is_whisper_bundle
 
     if is_whisper_bundle(bundle_dir):
         return WhisperSession(bundle_dir, threads=threads)
+    return qwen3_session_class(bundle_dir)(bundle_dir, threads=threads)
+
+
+def qwen3_session_class(bundle_dir: str | os.PathLike[str]) -> type:
+    """``SherpaSession`` for the sherpa-onnx layout, ``AsrSession`` for qgraph's own."""
+    from qgraph.runtime.sherpa import SherpaSession, is_sherpa_bundle
+
+    if is_sherpa_bundle(bundle_dir):
+        return SherpaSession
     from qgraph.runtime.decode import AsrSession
 
-    return AsrSession(bundle_dir, threads=threads)
+    return AsrSession
 
 
 def normalize(text: str) -> str:
