@@ -1,29 +1,27 @@
 """Trace the three wrappers to raw ONNX (``onnx_ir.Model``) with readable dynamic dims.
 
-Each ``export_*`` function runs ``torch.onnx.export(dynamo=True, optimize=False)`` at the given
-opset on small example inputs and returns the ``ONNXProgram.model`` as is: no onnxscript
-optimizer, no fusions, no constant folding, initializers still backed by the model's own torch
-tensors (nothing is copied or serialised here). Dynamic dims are then renamed (see ``dims``).
+Each ``export_*`` function traces its wrapper on small example inputs with
+``qgraph.export.tracing.trace`` (dynamo, no optimizer: the raw graph, initializers still backed
+by the model's own torch tensors). Dynamic dims are then renamed (see ``dims``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import warnings
-from collections.abc import Iterator, Mapping
 
 import onnx_ir as ir
 import torch
 from torch.export import Dim
 
-from qgraph.errors import ExportError
+from qgraph.export.dims import DimSpec, name_derived_dims
+from qgraph.export.tracing import rename_initializer, trace
 
-from .dims import DimSpec, encoder_dims, name_derived_dims, name_dims
+from .dims import encoder_dims
 from .wrappers import DecoderInitWrapper, DecoderStepWrapper, EncoderWrapper
 
 logger = logging.getLogger(__name__)
 
+PRODUCER = "qgraph.export.qwen3_asr"
 TIED_EMBEDDING = "model.language_model.embed_tokens.weight"
 """Name given to the tied embedding / lm_head initializer (its key in the checkpoint)."""
 
@@ -67,49 +65,8 @@ def decoder_step_io(layers: int, kv: int, head_dim: int, vocab: int) -> dict[str
     }
 
 
-def _export(
-    module: torch.nn.Module,
-    args: tuple[torch.Tensor, ...],
-    io: Mapping[str, DimSpec],
-    dynamic_shapes: dict,
-    opset: int,
-    what: str,
-) -> ir.Model:
-    names = list(io)
-    n_in = len(args)
-    try:
-        with warnings.catch_warnings(), torch.no_grad(), _quiet_torch_onnx():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                module,
-                args,
-                dynamo=True,
-                optimize=False,
-                opset_version=opset,
-                input_names=names[:n_in],
-                output_names=names[n_in:],
-                dynamic_shapes=dynamic_shapes,
-                verbose=False,
-            )
-    except Exception as err:  # torch.export / onnxscript raise many types
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-        raise ExportError(f"torch.onnx.export failed for {what}: {first}") from err
-    model = program.model
-    name_dims(model, io)
-    model.producer_name = "qgraph.export.qwen3_asr"
-    return model
-
-
-@contextlib.contextmanager
-def _quiet_torch_onnx() -> Iterator[None]:
-    """Hide torch.onnx's per-call notices (e.g. 'torchvision is not installed')."""
-    log = logging.getLogger("torch.onnx")
-    saved = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(saved)
+def _trace(module, args, io, dynamic_shapes, opset: int, what: str) -> ir.Model:
+    return trace(module, args, io, dynamic_shapes, opset, what, PRODUCER)
 
 
 def export_encoder(model: torch.nn.Module, opset: int) -> ir.Model:
@@ -120,7 +77,7 @@ def export_encoder(model: torch.nn.Module, opset: int) -> ir.Model:
     )
     io = encoder_io(cfg.num_mel_bins, cfg.output_dim)
     wrapper = EncoderWrapper(model).eval()
-    onnx_model = _export(wrapper, (mel,), io, {"mel": {2: Dim("time")}}, opset, "encoder")
+    onnx_model = _trace(wrapper, (mel,), io, {"mel": {2: Dim("time")}}, opset, "encoder")
     name_derived_dims(onnx_model, "time", encoder_dims(wrapper.chunk, wrapper.window))
     return onnx_model
 
@@ -148,8 +105,8 @@ def export_decoder_init(model: torch.nn.Module, opset: int) -> ir.Model:
         cfg.hidden_size,
         cfg.vocab_size,
     )
-    onnx_model = _export(DecoderInitWrapper(model).eval(), args, io, shapes, opset, "decoder_init")
-    _name_tied_embedding(onnx_model, model)
+    onnx_model = _trace(DecoderInitWrapper(model).eval(), args, io, shapes, opset, "decoder_init")
+    name_tied_embedding(onnx_model, model)
     return onnx_model
 
 
@@ -174,17 +131,12 @@ def export_decoder_step(model: torch.nn.Module, opset: int) -> ir.Model:
     io = decoder_step_io(
         cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, cfg.vocab_size
     )
-    onnx_model = _export(DecoderStepWrapper(model).eval(), args, io, shapes, opset, "decoder_step")
-    _name_tied_embedding(onnx_model, model)
+    onnx_model = _trace(DecoderStepWrapper(model).eval(), args, io, shapes, opset, "decoder_step")
+    name_tied_embedding(onnx_model, model)
     return onnx_model
 
 
-def _name_tied_embedding(onnx_model: ir.Model, model: torch.nn.Module) -> None:
+def name_tied_embedding(onnx_model: ir.Model, model: torch.nn.Module) -> None:
     """Call the tied embedding/lm_head initializer by its checkpoint key (torch picks either)."""
-    if model.lm_head.weight is not model.get_input_embeddings().weight:
-        return
-    inits = onnx_model.graph.initializers
-    if "lm_head.weight" in inits and TIED_EMBEDDING not in inits:
-        value = inits.pop("lm_head.weight")
-        value.name = TIED_EMBEDDING
-        inits.add(value)
+    if model.lm_head.weight is model.get_input_embeddings().weight:
+        rename_initializer(onnx_model, "lm_head.weight", TIED_EMBEDDING)

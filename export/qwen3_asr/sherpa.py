@@ -52,12 +52,13 @@ from torch.export import Dim
 from qgraph.bundle import Bundle
 from qgraph.errors import ExportError
 from qgraph.export import check_export_args
+from qgraph.export.dims import DimSpec
+from qgraph.export.tracing import neg_mask, trace
 
 from . import sidefiles
 from .configs import build_resolved, resolve_source
-from .dims import DimSpec
-from .graphs import EXAMPLE_FRAMES, _export, _name_tied_embedding
-from .wrappers import EncoderWrapper, _neg_mask, _repeat_kv, _rms_norm, _rotate_half, _TextDecoder
+from .graphs import EXAMPLE_FRAMES, PRODUCER, name_tied_embedding
+from .wrappers import EncoderWrapper, TextDecoder, repeat_kv, rms_norm, rotate_half
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class SherpaEncoderWrapper(EncoderWrapper):
         keep = F.pad(mask.to(torch.int64), (0, pad)) > 0
         windows = x.shape[1] // self.window
         x = x.reshape(windows, self.window, d_model)
-        attn_mask = _neg_mask(keep.reshape(windows, 1, 1, self.window), x.dtype)
+        attn_mask = neg_mask(keep.reshape(windows, 1, 1, self.window), x.dtype)
         for layer in tower.layers:
             x = self._layer(layer, x, attn_mask)
         x = x.reshape(1, windows * self.window, d_model)[:, :tokens]
@@ -126,7 +127,7 @@ class SherpaEncoderWrapper(EncoderWrapper):
         return torch.where(mask.unsqueeze(-1), x, torch.zeros((), dtype=x.dtype))
 
 
-class SherpaDecoderWrapper(_TextDecoder):
+class SherpaDecoderWrapper(TextDecoder):
     """One graph for prefill and decode over static caches; returns logits and K/V deltas.
 
     ``forward(input_ids, audio_features, attention_mask, cache_position, k0, v0, k1, ...)`` ->
@@ -159,7 +160,7 @@ class SherpaDecoderWrapper(_TextDecoder):
         rope = self.rope(cache_position.unsqueeze(0), h.dtype)
         total = past_len + input_ids.shape[1]
         keep = torch.arange(total, device=h.device)[None, :] <= cache_position[:, None]
-        mask = _neg_mask(keep, h.dtype)[None, None]
+        mask = neg_mask(keep, h.dtype)[None, None]
         deltas: list[torch.Tensor] = []
         for i, layer in enumerate(self.model.language_model.layers):
             past_k = cache[2 * i][:, :past_len].transpose(1, 2)
@@ -181,20 +182,20 @@ class SherpaDecoderWrapper(_TextDecoder):
         attn = layer.self_attn
         cos, sin = rope
         batch, seq, _ = h.shape
-        x = _rms_norm(layer.input_layernorm, h)
+        x = rms_norm(layer.input_layernorm, h)
         shape = (batch, seq, -1, self.head_dim)
-        q = _rms_norm(attn.q_norm, attn.q_proj(x).view(shape)).transpose(1, 2)
-        k = _rms_norm(attn.k_norm, attn.k_proj(x).view(shape)).transpose(1, 2)
+        q = rms_norm(attn.q_norm, attn.q_proj(x).view(shape)).transpose(1, 2)
+        k = rms_norm(attn.k_norm, attn.k_proj(x).view(shape)).transpose(1, 2)
         v = attn.v_proj(x).view(shape).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        k_all = _repeat_kv(torch.cat((past_k, k), dim=2), self.groups)
-        v_all = _repeat_kv(torch.cat((past_v, v), dim=2), self.groups)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k_all = repeat_kv(torch.cat((past_k, k), dim=2), self.groups)
+        v_all = repeat_kv(torch.cat((past_v, v), dim=2), self.groups)
         scores = torch.matmul(q, k_all.transpose(2, 3)) * attn.scaling + mask
         probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         out = torch.matmul(probs, v_all).transpose(1, 2).reshape(batch, seq, -1)
         h = h + attn.o_proj(out)
-        h = h + layer.mlp(_rms_norm(layer.post_attention_layernorm, h))
+        h = h + layer.mlp(rms_norm(layer.post_attention_layernorm, h))
         return h, k, v
 
 
@@ -218,7 +219,7 @@ def export_conv_frontend(model: nn.Module, opset: int) -> ir.Model:
     }
     shapes = {"input_features": {1: Dim("frames")}}
     wrapper = ConvFrontendWrapper(model).eval()
-    return _export(wrapper, (_example_mel(model),), io, shapes, opset, "conv_frontend")
+    return trace(wrapper, (_example_mel(model),), io, shapes, opset, "conv_frontend", PRODUCER)
 
 
 def export_encoder(model: nn.Module, opset: int) -> ir.Model:
@@ -236,7 +237,7 @@ def export_encoder(model: nn.Module, opset: int) -> ir.Model:
     dim = Dim("conv_tokens")
     shapes = {"conv_output": {1: dim}, "mask": {1: dim}}
     wrapper = SherpaEncoderWrapper(model).eval()
-    return _export(wrapper, (conv, mask), io, shapes, opset, "encoder")
+    return trace(wrapper, (conv, mask), io, shapes, opset, "encoder", PRODUCER)
 
 
 def export_decoder(model: nn.Module, opset: int, max_total_len: int) -> ir.Model:
@@ -267,8 +268,8 @@ def export_decoder(model: nn.Module, opset: int, max_total_len: int) -> ir.Model
         **{name: [1, "seq", kv, head_dim] for name in delta_names(layers)},
     }
     wrapper = SherpaDecoderWrapper(model).eval()
-    onnx_model = _export(wrapper, args, io, shapes, opset, "decoder")
-    _name_tied_embedding(onnx_model, model)
+    onnx_model = trace(wrapper, args, io, shapes, opset, "decoder", PRODUCER)
+    name_tied_embedding(onnx_model, model)
     onnx_model.metadata_props.update(
         {
             "model_type": MODEL_TYPE,
@@ -378,10 +379,10 @@ def export_sherpa(
         lambda: export_encoder(hf_model, opset),
         lambda: export_decoder(hf_model, opset, max_total_len),
     )
-    for i, (name, trace) in enumerate(zip(COMPONENTS, traces, strict=True), 1):
+    for i, (name, make) in enumerate(zip(COMPONENTS, traces, strict=True), 1):
         start = time.perf_counter()
         logger.info("[%d/%d] tracing %s", i, len(COMPONENTS), name)
-        bundle.add_component(name, trace())
+        bundle.add_component(name, make())
         gc.collect()
         logger.info(
             "[%d/%d] %s traced in %.1f s", i, len(COMPONENTS), name, time.perf_counter() - start

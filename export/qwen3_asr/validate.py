@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from qgraph.errors import VerificationError
+from qgraph.export.compare import first_mismatch, max_diff
 from qgraph.runtime import AsrSession, default_max_tokens
 from qgraph.runtime.files import load_tokenizer, read_config
 from qgraph.runtime.mel import log_mel
@@ -249,7 +250,7 @@ def _compare(
 ) -> ClipResult:
     problems: list[str] = []
     feats = session.encode(mel[None])
-    enc_diff = _max_diff(feats[0], ref.features)
+    enc_diff = max_diff(feats[0], ref.features)
     if feats.shape[1] != ref.features.shape[0]:
         problems.append(
             f"encoder gives {feats.shape[1]} audio tokens, PyTorch {ref.features.shape[0]}"
@@ -260,7 +261,7 @@ def _compare(
     logits_diff = float("nan")
     if not problems:
         last, _, _ = session.prefill(ids, feats, offset)
-        logits_diff = _max_diff(last, ref.last_logits)
+        logits_diff = max_diff(last, ref.last_logits)
         if logits_diff > tolerance * max(1.0, float(np.abs(ref.last_logits).max())):
             problems.append(f"prefill logits differ by {logits_diff:.3g} (tolerance {tolerance:g})")
     decode_log = logging.getLogger("qgraph.runtime.decode")
@@ -270,7 +271,7 @@ def _compare(
         tokens = session.transcribe(samples, max_tokens=budget).token_ids
     finally:
         decode_log.setLevel(level)
-    mismatch = _first_mismatch(tokens, ref.tokens)
+    mismatch = first_mismatch(tokens, ref.tokens)
     if mismatch is not None:
         got = tokens[mismatch] if mismatch < len(tokens) else "end"
         want = ref.tokens[mismatch] if mismatch < len(ref.tokens) else "end"
@@ -287,16 +288,3 @@ def _compare(
         first_mismatch=mismatch,
         problems=problems,
     )
-
-
-def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
-    if a.shape != b.shape:
-        return float("inf")
-    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
-
-
-def _first_mismatch(a: Sequence[int], b: Sequence[int]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qgraph.export.tracing import neg_mask
+
 CONV_STRIDE_TOTAL = 8
 """Time downsampling of the three stride-2 convolutions."""
 
@@ -38,7 +40,7 @@ def audio_token_count(frames: int, n_window: int = 50) -> int:
     return (frames // chunk) * post_cnn_tokens(chunk) + post_cnn_tokens(frames % chunk)
 
 
-def _rms_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def rms_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Qwen3RMSNorm, written out: FP32 mean of squares, rsqrt, then the weight."""
     dtype = x.dtype
     x32 = x.to(torch.float32)
@@ -47,25 +49,18 @@ def _rms_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return module.weight * x32.to(dtype)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     """GQA: ``[B,KV,S,D] -> [B,KV*groups,S,D]``, each KV head repeated ``groups`` times."""
     if groups == 1:
         return x
     batch, kv_heads, seq, dim = x.shape
     x = x[:, :, None, :, :].expand(batch, kv_heads, groups, seq, dim)
     return x.reshape(batch, kv_heads * groups, seq, dim)
-
-
-def _neg_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive mask: 0 where ``keep``, the dtype's minimum elsewhere (a Where, no product)."""
-    zero = torch.zeros((), dtype=dtype)
-    low = torch.full((), torch.finfo(dtype).min, dtype=dtype)
-    return torch.where(keep, zero, low)
 
 
 class EncoderWrapper(nn.Module):
@@ -106,7 +101,7 @@ class EncoderWrapper(nn.Module):
         windows = x.shape[1] // self.window
         x = x.reshape(windows, self.window, d_model)
         keep = torch.arange(windows * self.window, device=x.device) < n_valid
-        mask = _neg_mask(keep.reshape(windows, 1, 1, self.window), x.dtype)
+        mask = neg_mask(keep.reshape(windows, 1, 1, self.window), x.dtype)
         for layer in tower.layers:
             x = self._layer(layer, x, mask)
         x = x.reshape(1, windows * self.window, d_model)[:, :n_valid]
@@ -130,7 +125,7 @@ class EncoderWrapper(nn.Module):
         return x + h
 
 
-class _TextDecoder(nn.Module):
+class TextDecoder(nn.Module):
     """Shared pieces of the two decoder wrappers (the HF text model's own modules)."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -169,31 +164,31 @@ class _TextDecoder(nn.Module):
         attn = layer.self_attn
         cos, sin = rope
         batch, seq, _ = h.shape
-        x = _rms_norm(layer.input_layernorm, h)
+        x = rms_norm(layer.input_layernorm, h)
         shape = (batch, seq, -1, self.head_dim)
-        q = _rms_norm(attn.q_norm, attn.q_proj(x).view(shape)).transpose(1, 2)
-        k = _rms_norm(attn.k_norm, attn.k_proj(x).view(shape)).transpose(1, 2)
+        q = rms_norm(attn.q_norm, attn.q_proj(x).view(shape)).transpose(1, 2)
+        k = rms_norm(attn.k_norm, attn.k_proj(x).view(shape)).transpose(1, 2)
         v = attn.v_proj(x).view(shape).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
         if past is not None:
             k = torch.cat((past[0], k), dim=2)
             v = torch.cat((past[1], v), dim=2)
-        k_all, v_all = _repeat_kv(k, self.groups), _repeat_kv(v, self.groups)
+        k_all, v_all = repeat_kv(k, self.groups), repeat_kv(v, self.groups)
         scores = torch.matmul(q, k_all.transpose(2, 3)) * attn.scaling
         if mask is not None:
             scores = scores + mask
         probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         out = torch.matmul(probs, v_all).transpose(1, 2).reshape(batch, seq, -1)
         h = h + attn.o_proj(out)
-        h = h + layer.mlp(_rms_norm(layer.post_attention_layernorm, h))
+        h = h + layer.mlp(rms_norm(layer.post_attention_layernorm, h))
         return h, k, v
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(_rms_norm(self.model.language_model.norm, h))
+        return self.lm_head(rms_norm(self.model.language_model.norm, h))
 
 
-class DecoderInitWrapper(_TextDecoder):
+class DecoderInitWrapper(TextDecoder):
     """Prefill: ``(input_ids, position_ids, audio_features, audio_offset)`` ->
     ``(logits [B,S,V], present_keys, present_values [L,B,KV,S,D])``."""
 
@@ -212,7 +207,7 @@ class DecoderInitWrapper(_TextDecoder):
         h = h.scatter(1, index, audio_features.to(h.dtype))
 
         pos = torch.arange(seq, device=h.device)
-        mask = _neg_mask(pos[None, :] <= pos[:, None], h.dtype).reshape(1, 1, seq, seq)
+        mask = neg_mask(pos[None, :] <= pos[:, None], h.dtype).reshape(1, 1, seq, seq)
         rope = self.rope(position_ids, h.dtype)
         keys, values = [], []
         for layer in self.model.language_model.layers:
@@ -222,7 +217,7 @@ class DecoderInitWrapper(_TextDecoder):
         return self.head(h), torch.stack(keys), torch.stack(values)
 
 
-class DecoderStepWrapper(_TextDecoder):
+class DecoderStepWrapper(TextDecoder):
     """Decode: ``(input_ids [B,1], position_ids [B,1], past_keys, past_values)`` ->
     ``(logits [B,1,V], present_keys, present_values [L,B,KV,P+1,D])``."""
 

@@ -18,16 +18,13 @@ tracer baked into a constant would show up as that number (a test looks for it).
 from __future__ import annotations
 
 import logging
-import warnings
-from collections.abc import Mapping
 
 import onnx_ir as ir
 import torch
 from torch.export import Dim
 
-from qgraph.errors import ExportError
-from qgraph.export.qwen3_asr.dims import DimSpec, name_dims
-from qgraph.export.qwen3_asr.graphs import _quiet_torch_onnx
+from qgraph.export.dims import DimSpec
+from qgraph.export.tracing import rename_initializer, trace
 
 from .wrappers import DecoderWithPastWrapper, DecoderWrapper, EncoderWrapper
 
@@ -55,49 +52,12 @@ def _dims(model: torch.nn.Module) -> tuple[int, int, int, int]:
     return cfg.decoder_layers, heads, cfg.d_model // heads, cfg.vocab_size
 
 
-def _export(
-    module: torch.nn.Module,
-    args: tuple[torch.Tensor, ...],
-    io: Mapping[str, DimSpec],
-    dynamic_shapes: tuple,
-    opset: int,
-    what: str,
-) -> ir.Model:
-    names = list(io)
-    try:
-        with warnings.catch_warnings(), torch.no_grad(), _quiet_torch_onnx():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                module.eval(),
-                args,
-                dynamo=True,
-                optimize=False,
-                opset_version=opset,
-                input_names=names[: len(args)],
-                output_names=names[len(args) :],
-                dynamic_shapes=dynamic_shapes,
-                verbose=False,
-            )
-    except Exception as err:  # torch.export / onnxscript raise many types
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-        raise ExportError(f"torch.onnx.export failed for {what}: {first}") from err
-    model = program.model
-    name_dims(model, io)
-    model.producer_name = PRODUCER
-    _name_tied_embedding(model, module)
-    return model
-
-
-def _name_tied_embedding(onnx_model: ir.Model, module: torch.nn.Module) -> None:
-    """Call the tied embedding / proj_out initializer by its checkpoint key (torch picks either)."""
+def _trace(module, args, io, dynamic_shapes, opset: int, what: str) -> ir.Model:
+    model = trace(module, args, io, dynamic_shapes, opset, what, PRODUCER)
     proj = getattr(module, "proj_out", None)
-    if proj is None or proj.weight is not module.model.decoder.embed_tokens.weight:
-        return
-    inits = onnx_model.graph.initializers
-    if "proj_out.weight" in inits and TIED_EMBEDDING not in inits:
-        value = inits.pop("proj_out.weight")
-        value.name = TIED_EMBEDDING
-        inits.add(value)
+    if proj is not None and proj.weight is module.model.decoder.embed_tokens.weight:
+        rename_initializer(model, "proj_out.weight", TIED_EMBEDDING)  # torch picks either name
+    return model
 
 
 def export_encoder(model: torch.nn.Module, opset: int) -> ir.Model:
@@ -112,7 +72,7 @@ def export_encoder(model: torch.nn.Module, opset: int) -> ir.Model:
         "last_hidden_state": ["batch_size", cfg.max_source_positions, cfg.d_model],
     }
     shapes = ({0: Dim("batch_size")},)
-    return _export(EncoderWrapper(model), (features,), io, shapes, opset, "encoder_model")
+    return _trace(EncoderWrapper(model), (features,), io, shapes, opset, "encoder_model")
 
 
 def export_decoder(model: torch.nn.Module, opset: int) -> ir.Model:
@@ -130,7 +90,7 @@ def export_decoder(model: torch.nn.Module, opset: int) -> ir.Model:
         io[name] = ["batch_size", heads, length, head_dim]
     b = Dim("batch_size")
     shapes = ({0: b, 1: Dim("decoder_sequence_length")}, {0: b, 1: Dim("encoder_sequence_length")})
-    return _export(DecoderWrapper(model), (ids, hidden), io, shapes, opset, "decoder_model")
+    return _trace(DecoderWrapper(model), (ids, hidden), io, shapes, opset, "decoder_model")
 
 
 def export_decoder_with_past(model: torch.nn.Module, opset: int) -> ir.Model:
@@ -153,6 +113,6 @@ def export_decoder_with_past(model: torch.nn.Module, opset: int) -> ir.Model:
     b, p, e = Dim("batch_size"), Dim("past_decoder_sequence_length"), Dim("encoder_sequence_length")
     cache = [{0: b, 2: p} if ".decoder." in n else {0: b, 2: e} for n in kv_names(layers, "past")]
     shapes = ({0: b, 1: Dim("decoder_sequence_length")}, tuple(cache))  # *past is one tuple
-    return _export(
+    return _trace(
         DecoderWithPastWrapper(model), (ids, *past), io, shapes, opset, "decoder_with_past_model"
     )

@@ -27,12 +27,11 @@ import torch
 from transformers import GenerationConfig
 
 from qgraph.errors import VerificationError
+from qgraph.export.compare import first_mismatch, max_diff
 from qgraph.export.qwen3_asr.validate import (
     DEFAULT_TOLERANCE,
     ClipResult,
     ValidationReport,
-    _first_mismatch,
-    _max_diff,
 )
 from qgraph.runtime.whisper import WhisperSession
 
@@ -112,18 +111,18 @@ def validate_whisper(
         logger.info("ONNX Runtime for %s", name)
         problems: list[str] = []
         hidden = session.encode(mel)
-        enc_diff = _max_diff(hidden[0], ref_hidden)
+        enc_diff = max_diff(hidden[0], ref_hidden)
         if enc_diff > tolerance * max(1.0, float(np.abs(ref_hidden).max())):
             problems.append(f"encoder output differs by {enc_diff:.3g} (tolerance {tolerance:g})")
         logits, _ = session.decode(prompt, hidden, None)
-        logits_diff = _max_diff(logits, ref_logits)
+        logits_diff = max_diff(logits, ref_logits)
         if logits_diff > tolerance * max(1.0, float(np.abs(ref_logits).max())):
             problems.append(
                 f"first-call logits differ by {logits_diff:.3g} (tolerance {tolerance:g})"
             )
         tokens, _ = session.generate(hidden, prompt, budget)
         body = tokens[:-1] if tokens and tokens[-1] == session.eos else tokens
-        mismatch = _first_mismatch(body, ref_tokens)
+        mismatch = first_mismatch(body, ref_tokens)
         if mismatch is not None:
             got = body[mismatch] if mismatch < len(body) else "end"
             want = ref_tokens[mismatch] if mismatch < len(ref_tokens) else "end"

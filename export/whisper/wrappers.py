@@ -24,12 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _neg_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive mask: 0 where ``keep``, the dtype's minimum elsewhere (a Where, no product)."""
-    return torch.where(
-        keep, torch.zeros((), dtype=dtype), torch.full((), torch.finfo(dtype).min, dtype=dtype)
-    )
+from qgraph.export.tracing import neg_mask
 
 
 def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -98,7 +93,7 @@ class _Decoder(nn.Module):
         positions = torch.arange(seq, device=input_ids.device) + past_len
         h = dec.embed_tokens(input_ids) + F.embedding(positions, dec.embed_positions.weight)
         keys = torch.arange(past_len + seq, device=input_ids.device)
-        mask = _neg_mask(keys[None, :] <= positions[:, None], h.dtype)[None, None]
+        mask = neg_mask(keys[None, :] <= positions[:, None], h.dtype)[None, None]
         presents: list[torch.Tensor] = []
         for i, layer in enumerate(dec.layers):
             attn = layer.self_attn

@@ -70,9 +70,9 @@ def test_no_clips_is_an_error(tiny_bundle: Path) -> None:
 
 
 def test_first_mismatch_counts_length_differences() -> None:
-    from qgraph.export.qwen3_asr.validate import _first_mismatch  # noqa: TID251
+    from qgraph.export.compare import first_mismatch  # noqa: TID251
 
-    assert _first_mismatch([1, 2, 3], [1, 2, 3]) is None
-    assert _first_mismatch([1, 2, 3], [1, 5, 3]) == 1
-    assert _first_mismatch([1, 2], [1, 2, 3]) == 2
-    assert _first_mismatch([], [7]) == 0
+    assert first_mismatch([1, 2, 3], [1, 2, 3]) is None
+    assert first_mismatch([1, 2, 3], [1, 5, 3]) == 1
+    assert first_mismatch([1, 2], [1, 2, 3]) == 2
+    assert first_mismatch([], [7]) == 0
