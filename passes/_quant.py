@@ -5,12 +5,14 @@ exporter's module scope (``pkg.torch.onnx.name_scopes``, e.g.
 ``model.language_model.layers.0.self_attn.q_proj``), else from the weight's or the node's name:
 ``q``, ``k``, ``v``, ``o`` (``o_proj``/``out_proj``), ``gate``, ``up``, ``down``, ``lm_head``;
 everything under ``audio_tower``/``audio_encoder``/``encoder``/``multi_modal_projector`` is
-``encoder``; anything else is ``other``. A MatMul that packs several (q/k/v side by side) may
-list their scopes in its ``qgraph.module_scopes`` metadata (comma-separated); its role is then
-theirs joined by ``+`` (``q+k+v``) and it is selected when each of them is. Without it, a
-MatMul with no recognisable name is ``encoder`` in a graph whose exporter scopes are the
-encoder's (``graph_role``) and ``other`` elsewhere. Exclusion patterns (``fnmatch``) match
-the node name, the weight name or a module scope (``*.layers.0.*``, ``lm_head*``).
+``encoder`` (a decoder's cross-attention, Whisper's ``encoder_attn``, is not: its projections
+are ``q``/``k``/``v``/``o``); anything else is ``other``. A MatMul that packs several (q/k/v
+side by side) may list their scopes in its ``qgraph.module_scopes`` metadata (comma-separated);
+its role is then theirs joined by ``+`` (``q+k+v``) and it is selected when each of them is.
+Without it, a MatMul with no recognisable name is ``encoder`` in a graph whose exporter scopes
+(subgraphs included) are the encoder's (``graph_role``) and ``other`` elsewhere. Exclusion
+patterns (``fnmatch``) match the node name, the weight name or a module scope (``*.layers.0.*``,
+``lm_head*``).
 
 Calibration (``calibration_outputs``) runs components in ONNX Runtime with chosen intermediate
 values added as graph outputs: on generated inputs (``qgraph.instruments.verify.sample_inputs``,
@@ -49,7 +51,9 @@ ROLES = ("q", "k", "v", "o", "gate", "up", "down", "lm_head", "encoder", "other"
 DECODER_ROLES = ("q", "k", "v", "o", "gate", "up", "down", "lm_head", "other")
 
 _B = r"(?<![A-Za-z0-9]){}(?![A-Za-z0-9])"
-_ENCODER = re.compile(_B.format("(audio_tower|audio_encoder|encoder|multi_modal_projector)"))
+_ENCODER = re.compile(
+    _B.format("(audio_tower|audio_encoder|encoder(?!_attn)|multi_modal_projector)")
+)
 _ROLE_RES = [
     (role, re.compile(_B.format(pattern)))
     for role, pattern in (
@@ -101,8 +105,9 @@ def _role(names: list[str], fallback: str) -> str:
 
 def graph_role(graph: ir.Graph) -> str:
     """``encoder`` if the exporter's scopes put the graph's nodes in an encoder, else ``other``:
-    the role of its MatMuls that have no recognisable name of their own."""
-    scoped = (module_scope(n) for n in graph)
+    the role of its MatMuls that have no recognisable name of their own (nodes of subgraphs, e.g.
+    If branches, count)."""
+    scoped = (module_scope(n) for n in graph.all_nodes())
     return "encoder" if any(_ENCODER.search(s.lower()) for s in scoped if s) else "other"
 
 

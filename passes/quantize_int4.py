@@ -39,7 +39,12 @@ output, logits and KV cache): 4-bit cosine >= 0.95; 8-bit cosine >= 0.999 and to
 (8-bit). 4-bit declares no top-1 floor: generated inputs give decoder_step one logits row, and
 the tiny model's near-flat logits make its argmax a coin flip under 4-bit noise (its top-1 and
 greedy-token agreement are in ``benchmarks/results/accuracy.md``).
-Scope: the main graph of every component (``on=`` to choose).
+Scope: every component (``on=`` to choose), the main graph and its subgraphs. A MatMul inside
+an ``If`` branch (Whisper's ``decoder_model_merged``) whose weight is an initializer of an
+enclosing graph is rewritten in its branch; the packed weight, scales and zero points are
+initializers of the graph that held the weight, so a weight both branches read is packed once
+and both MatMulNBits read the same packed tensors (the FP32 weight is dropped when no use is
+left in any branch).
 """
 
 from __future__ import annotations
@@ -143,10 +148,9 @@ class QuantizeMatMulNBits(GraphPass):
         return INT8_BUDGET if self.bits == 8 else INT4_BUDGET
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
         done: dict[ir.Value, ir.Value] = {}
-        fallback = graph_role(graph)
-        for node in list(graph):
+        fallback = graph_role(model.graph)
+        for node in list(model.graph.all_nodes()):
             if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
                 continue
             weight = node.inputs[1]
@@ -154,11 +158,10 @@ class QuantizeMatMulNBits(GraphPass):
             if reason:
                 self.count(f"skipped:{reason}")
                 continue
-            packed = self._rewrite(graph, node, weight)
-            done[weight] = packed
+            done[weight] = self._rewrite(node, weight)
             self.count("quantized")
         for weight, packed in done.items():
-            self._other_uses(graph, weight, packed)
+            self._other_uses(weight, packed)
         self.__dict__.setdefault("_cache", SourceCache()).end_component()
         if done:
             model.opset_imports.setdefault(MS, 1)
@@ -172,14 +175,16 @@ class QuantizeMatMulNBits(GraphPass):
             t, lambda eager: _Packed(t, name, self.bits, self.block_size, self.symmetric, eager)
         )
 
-    def _rewrite(self, graph: ir.Graph, node: ir.Node, weight: ir.Value) -> ir.Value:
+    def _rewrite(self, node: ir.Node, weight: ir.Value) -> ir.Value:
+        """Replace ``node`` in its own graph; the packed tensors go where ``weight`` lives."""
         t = weight.const_value
         rows, cols = (int(d) for d in t.shape)
         tensors = self._tensors(t, weight.name or node.name or "W")
-        packed = add_initializer(graph, tensors["packed"])
-        inputs = [node.inputs[0], packed, add_initializer(graph, tensors["scales"])]
+        home = weight.graph
+        packed = add_initializer(home, tensors["packed"])
+        inputs = [node.inputs[0], packed, add_initializer(home, tensors["scales"])]
         if not self.symmetric:
-            inputs.append(add_initializer(graph, tensors["zero_points"]))
+            inputs.append(add_initializer(home, tensors["zero_points"]))
         attrs = {"K": rows, "N": cols, "bits": self.bits, "block_size": self.block_size}
         if self.accuracy_level:
             attrs["accuracy_level"] = self.accuracy_level
@@ -187,23 +192,24 @@ class QuantizeMatMulNBits(GraphPass):
         new = ir.node("MatMulNBits", inputs, attrs, domain=MS, name=name)
         new.metadata_props.update(node.metadata_props)
         ir.convenience.replace_nodes_and_values(
-            graph, node, [node], [new], [node.outputs[0]], [new.outputs[0]]
+            node.graph, node, [node], [new], [node.outputs[0]], [new.outputs[0]]
         )
         return packed
 
-    def _other_uses(self, graph: ir.Graph, weight: ir.Value, packed: ir.Value) -> None:
-        """Tied embedding Gathers -> GatherBlockQuantized; drop the FP32 weight if unused."""
+    def _other_uses(self, weight: ir.Value, packed: ir.Value) -> None:
+        """Tied embedding Gathers -> GatherBlockQuantized; drop the FP32 weight if unused (uses
+        in subgraphs count)."""
         for use in list(weight.uses()):
             gather = use.node
             transpose = self._tied_gather(gather, weight)
             if transpose is None:
                 continue
-            self._quantized_gather(graph, gather, transpose, weight, packed)
+            self._quantized_gather(gather, transpose, weight, packed)
             self.count("embedding gather quantized")
         if weight.uses():
             self.count("skipped:FP32 weight kept for other users")
         else:
-            graph.initializers.pop(weight.name)
+            weight.graph.initializers.pop(weight.name)
 
     def _tied_gather(self, gather: ir.Node, weight: ir.Value) -> ir.Node | None:
         """The Transpose of ``Transpose(Gather(W, ids, axis=1), perm=[1..r, 0])``, else None."""
@@ -217,18 +223,19 @@ class QuantizeMatMulNBits(GraphPass):
             return None
         transpose = next(iter(gather.outputs[0].uses())).node
         perm = transpose.attributes.get("perm")
-        if transpose.op_type != "Transpose" or perm is None:
+        if transpose.op_type != "Transpose" or perm is None or transpose.graph is not gather.graph:
             return None
         rank = len(perm.as_ints()) - 1
         return transpose if list(perm.as_ints()) == [*range(1, rank + 1), 0] else None
 
     def _quantized_gather(
-        self, graph: ir.Graph, gather: ir.Node, transpose: ir.Node, weight: ir.Value, packed
+        self, gather: ir.Node, transpose: ir.Node, weight: ir.Value, packed: ir.Value
     ) -> None:
         tensors = self._tensors(weight.const_value, weight.name)
-        inputs = [packed, gather.inputs[1], add_initializer(graph, tensors["gather_scales"])]
+        home = weight.graph
+        inputs = [packed, gather.inputs[1], add_initializer(home, tensors["gather_scales"])]
         if not self.symmetric:
-            inputs.append(add_initializer(graph, tensors["gather_zero_points"]))
+            inputs.append(add_initializer(home, tensors["gather_zero_points"]))
         attrs = {
             "gather_axis": 0,
             "quantize_axis": 2,
@@ -244,12 +251,12 @@ class QuantizeMatMulNBits(GraphPass):
         )
         rank = len(transpose.attributes["perm"].as_ints()) - 1
         rows = np.array([0] * rank + [int(weight.const_value.shape[0])], dtype=np.int64)
-        shape = add_initializer(graph, ir.tensor(rows, name=f"{weight.name}_rows_shape"))
+        shape = add_initializer(home, ir.tensor(rows, name=f"{weight.name}_rows_shape"))
         reshape = ir.node(
             "Reshape", [gbq.outputs[0], shape], name=gather.name and f"{gather.name}_rows"
         )
         ir.convenience.replace_nodes_and_values(
-            graph,
+            gather.graph,
             transpose,
             [gather, transpose],
             [gbq, reshape],

@@ -30,7 +30,10 @@ Does not fire (``skipped:<reason>``): the weight is not a constant FLOAT 2-D ini
 role is not selected; it is excluded.
 Lossy: int8 weights and activations. Error budget (``--verify-each``): cosine >= 0.995 and top-1
 agreement >= 0.9 on every output; the tiny model measures >= 0.999.
-Scope: the main graph of every component (``on=`` to choose).
+Scope: every component (``on=`` to choose), the main graph and its subgraphs: a MatMul inside an
+``If`` branch whose weight is an initializer of an enclosing graph is rewritten in its branch,
+with the int8 weight and scales stored beside the FP32 weight (once for all branches that read
+it). MatMuls share a ``DynamicQuantizeLinear`` only within one graph.
 """
 
 from __future__ import annotations
@@ -92,11 +95,10 @@ class QuantizeInt8(GraphPass):
     reduce_range: bool = option(False, "7-bit weights (x86 without VNNI)")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
         done: set[ir.Value] = set()
-        quantized_inputs: dict[ir.Value, ir.Node] = {}
-        fallback = graph_role(graph)
-        for node in list(graph):
+        quantized_inputs: dict[tuple[ir.Graph, ir.Value], ir.Node] = {}
+        fallback = graph_role(model.graph)
+        for node in list(model.graph.all_nodes()):
             if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
                 continue
             weight = node.inputs[1]
@@ -104,7 +106,7 @@ class QuantizeInt8(GraphPass):
             if reason:
                 self.count(f"skipped:{reason}")
                 continue
-            self._rewrite(graph, node, weight, quantized_inputs)
+            self._rewrite(node, weight, quantized_inputs)
             done.add(weight)
             self.count("quantized")
         self.__dict__.setdefault("_cache", SourceCache()).end_component()
@@ -112,7 +114,7 @@ class QuantizeInt8(GraphPass):
             if weight.uses():
                 self.count("skipped:FP32 weight kept for other users")
             else:
-                graph.initializers.pop(weight.name)
+                weight.graph.initializers.pop(weight.name)
         return ir.passes.PassResult(model, bool(done))
 
     def _tensors(self, t: ir.TensorProtocol, name: str) -> tuple[ir.LazyTensor, ir.LazyTensor]:
@@ -136,25 +138,29 @@ class QuantizeInt8(GraphPass):
         return self.__dict__.setdefault("_cache", SourceCache()).get(t, make)
 
     def _rewrite(
-        self, graph: ir.Graph, node: ir.Node, weight: ir.Value, quantized: dict[ir.Value, ir.Node]
+        self,
+        node: ir.Node,
+        weight: ir.Value,
+        quantized: dict[tuple[ir.Graph, ir.Value], ir.Node],
     ) -> None:
-        """Replace ``node``; MatMuls reading one activation share its DynamicQuantizeLinear."""
+        """Replace ``node`` in its graph; MatMuls of that graph reading one activation share its
+        DynamicQuantizeLinear; the int8 tensors go where ``weight`` lives."""
         q, scale = self._tensors(weight.const_value, weight.name or node.name or "W")
 
         def name(suffix: str) -> str | None:
             return f"{node.name}_{suffix}" if node.name else None
 
-        x = node.inputs[0]
-        dq = quantized.get(x)
+        graph, home, x = node.graph, weight.graph, node.inputs[0]
+        dq = quantized.get((graph, x))
         new = []
         if dq is None:
             dq = ir.node("DynamicQuantizeLinear", [x], num_outputs=3, name=name("dq"))
-            quantized[x] = dq
+            quantized[(graph, x)] = dq
             new.append(dq)
         xq, xs, xz = dq.outputs
-        mm = ir.node("MatMulInteger", [xq, add_initializer(graph, q), xz], name=name("int"))
+        mm = ir.node("MatMulInteger", [xq, add_initializer(home, q), xz], name=name("int"))
         cast = ir.node("Cast", mm.outputs, {"to": ir.DataType.FLOAT}, name=name("cast"))
-        s = ir.node("Mul", [xs, add_initializer(graph, scale)], name=name("scale"))
+        s = ir.node("Mul", [xs, add_initializer(home, scale)], name=name("scale"))
         out = ir.node("Mul", [cast.outputs[0], s.outputs[0]], name=name("rescale"))
         new += [mm, cast, s, out]
         for n in new:

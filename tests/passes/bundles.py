@@ -1,4 +1,5 @@
-"""Tiny two-decoder bundles with a tied embedding, for the bundle-pass tests."""
+"""Tiny two-decoder bundles with a tied embedding, for the bundle-pass tests; a tiny model with
+an ``If`` whose branches read the same top-level weights (Whisper's merged decoder in small)."""
 
 import json
 
@@ -50,3 +51,49 @@ def decoder_bundle() -> Bundle:
     bundle.add_component("decoder_step", decoder("1"))
     bundle.side_files["config.json"] = json.dumps({"decoder": {"vocab_size": VOCAB}}).encode()
     return bundle
+
+
+BRANCHES = """
+<ir_version: 10, opset_import: ["" : 18]>
+g (bool[1] use_cache_branch, float[2,5,80] x, float[80,64] W, float[64,48] V, float[80,48] U)
+    => (float[2,5,48] y) {
+    y = If (use_cache_branch) <
+        then_branch = with_past () => (float[2,5,48] t_y) {
+            t_h = MatMul (x, W)
+            t_a = Relu (t_h)
+            t_y = MatMul (t_a, V)
+        },
+        else_branch = no_past () => (float[2,5,48] e_y) {
+            e_h = MatMul (x, W)
+            e_a = Sigmoid (e_h)
+            e_m = MatMul (e_a, V)
+            e_u = MatMul (x, U)
+            e_y = Add (e_m, e_u)
+        }
+    >
+}
+"""
+"""``W`` and ``V`` are read by MatMuls in both branches, ``U`` in the else-branch only; K=80 is
+not a multiple of a block size."""
+
+
+def branch_model(seed: int = 0) -> ir.Model:
+    """``BRANCHES`` with ``W``, ``V``, ``U`` as top-level initializers only the branches read."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "W": rng.standard_normal((80, 64)).astype(np.float32),
+        "V": rng.standard_normal((64, 48)).astype(np.float32),
+        "U": rng.standard_normal((80, 48)).astype(np.float32),
+    }
+    return as_initializers(model_from_text(BRANCHES), arrays)
+
+
+def branch_feeds(model: ir.Model, use_cache: bool, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random float inputs for ``model`` with ``use_cache_branch`` set (both branches run)."""
+    rng = np.random.default_rng(seed)
+    feeds = {"use_cache_branch": np.array([use_cache])}
+    for v in model.graph.inputs:
+        if v.name != "use_cache_branch":
+            shape = [int(d) for d in v.shape]
+            feeds[v.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
