@@ -13,7 +13,10 @@ Does not fire: no FLOAT initializer that large (``skipped:nothing to convert``).
 and outputs are never converted.
 Lossy: FP16 rounding (relative 2^-11) of the weights; the declared tolerance is atol/rtol 1e-2
 and cosine >= 0.9999.
-Scope: every component by default (``on=`` to choose); the main graph's initializers.
+Scope: every component by default (``on=`` to choose); the initializers of the main graph and
+of its subgraphs. A top-level weight read inside ``If`` branches (Whisper's merged decoder) gets
+one top-level Cast that every branch reads; an initializer of a subgraph gets its Cast in that
+subgraph.
 """
 
 from __future__ import annotations
@@ -43,7 +46,15 @@ class ToFp16(GraphPass):
     min_elements: int = option(1024, "convert initializers with at least this many elements")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
+        modified = False
+        for graph in list(model.graphs()):
+            modified |= self._convert(graph)
+        if not modified:
+            self.count("skipped:nothing to convert")
+        return ir.passes.PassResult(model, modified)
+
+    def _convert(self, graph: ir.Graph) -> bool:
+        """Convert ``graph``'s own initializers (all their uses, in subgraphs too)."""
         first = next(iter(graph), None)
         modified = False
         for value in list(graph.initializers.values()):
@@ -73,6 +84,4 @@ class ToFp16(GraphPass):
             self.count("converted")
             self.count("bytes saved", t.nbytes // 2)
             modified = True
-        if not modified:
-            self.count("skipped:nothing to convert")
-        return ir.passes.PassResult(model, modified)
+        return modified

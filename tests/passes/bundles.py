@@ -78,12 +78,12 @@ not a multiple of a block size."""
 
 
 def branch_model(seed: int = 0) -> ir.Model:
-    """``BRANCHES`` with ``W``, ``V``, ``U`` as top-level initializers only the branches read."""
+    """``BRANCHES`` with ``W``, ``V``, ``U`` as top-level initializers only the branches read
+    (normal, scaled by ``1/sqrt(K)`` as trained layers are, so outputs stay of order one)."""
     rng = np.random.default_rng(seed)
+    shapes = {"W": (80, 64), "V": (64, 48), "U": (80, 48)}
     arrays = {
-        "W": rng.standard_normal((80, 64)).astype(np.float32),
-        "V": rng.standard_normal((64, 48)).astype(np.float32),
-        "U": rng.standard_normal((80, 48)).astype(np.float32),
+        n: (rng.standard_normal(s) / np.sqrt(s[0])).astype(np.float32) for n, s in shapes.items()
     }
     return as_initializers(model_from_text(BRANCHES), arrays)
 

@@ -4,7 +4,7 @@ import onnx_ir as ir
 from qgraph.instruments import verify
 from qgraph.passes.to_fp16 import ToFp16
 from qgraph.testing import check_pass, model_from_text
-from tests.passes.bundles import as_initializers
+from tests.passes.bundles import as_initializers, branch_feeds, branch_model
 
 # An encoder-style additive key mask built the way the seed's exporter built it:
 # mask = (key is padding) * finfo(float32).min, scores + mask -> Softmax.
@@ -62,3 +62,23 @@ def test_converts_and_clamps_masks():
 def test_does_not_fire_on_small_or_non_float_weights():
     check = check_pass(ToFp16(), masked_model(), feeds=feeds(), expect_modified=False)
     assert check.stats == {"skipped:nothing to convert": 1}
+
+
+def test_converts_weights_read_in_if_branches_and_subgraph_initializers():
+    """Top-level weights only the branches read get one top-level Cast; a branch's own
+    initializer gets its Cast inside the branch. Both branches stay within tolerance."""
+    model = branch_model()
+    u = model.graph.initializers.pop("U")
+    (if_node,) = model.graph
+    else_branch = if_node.attributes["else_branch"].as_graph()
+    else_branch.register_initializer(u)
+    p = ToFp16(min_elements=1)
+    check = check_pass(p, model, feeds=branch_feeds(model, use_cache=False))
+    assert check.stats == {"converted": 3, "bytes saved": 2 * (80 * 64 + 64 * 48 + 80 * 48)}
+    assert sorted(model.graph.initializers) == ["V_fp16", "W_fp16"]
+    assert list(else_branch.initializers) == ["U_fp16"]
+    assert [n.op_type for n in model.graph] == ["Cast", "Cast", "If"]
+    assert [n.op_type for n in else_branch][0] == "Cast"
+    feeds = branch_feeds(model, use_cache=True)
+    before, after = verify.run_model(check.before, feeds), verify.run_model(model, feeds)
+    assert not verify.compare(before, after, p.tolerance)
