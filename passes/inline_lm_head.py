@@ -14,7 +14,10 @@ so the table is stored once (as E^T) instead of twice.
 lm_head) and reports nothing to do.
 Does not fire: no ``MatMul`` whose weight is a ``Transpose(perm=[1,0])`` of a 2-D initializer
 (``skipped:no transposed-weight lm_head``).
-Scope: ``decoder_init`` and ``decoder_step`` by default (``components=``).
+Scope: ``decoder_init`` and ``decoder_step`` by default (``components=``); the main graph and
+its subgraphs. In Whisper's ``decoder_model_merged`` (``components=[decoder_model_merged]``) the
+lm_head MatMuls of both ``If`` branches read one top-level ``Transpose`` of the table: they get
+one shared top-level weight, and the embedding Gathers of both branches read it.
 """
 
 from __future__ import annotations
@@ -60,34 +63,42 @@ class InlineLmHead(BundlePass):
             model = bundle.components.get(comp)
             if model is None:
                 continue
-            heads = [n for n in model.graph if self._is_tied_head(n)]
+            heads = [n for n in model.graph.all_nodes() if self._is_tied_head(n)]
             if not heads:
                 self.count("skipped:no transposed-weight lm_head")
                 continue
+            untied: dict[ir.Value, ir.Value] = {}
             for matmul in heads:
                 transpose = matmul.inputs[1].producer()
                 table = transpose.inputs[0]
-                name = (
-                    self.weight_name if self.weight_name not in model.graph.initializers else None
-                )
-                head = _transposed(table.const_value, name or "")
-                weight = ir.Value(
-                    name=name, type=ir.TensorType(head.dtype), shape=head.shape, const_value=head
-                )
-                model.graph.register_initializer(weight)
+                weight = untied.get(table)
+                if weight is None:
+                    weight = untied[table] = self._untie(model, table)
+                    self.count("untied")
                 matmul.replace_input_with(1, weight)
-                if self.embed_from_lm_head:
-                    self._gather_from(model, table, weight)
-                if not transpose.outputs[0].uses():
-                    model.graph.remove(transpose, safe=True)
-                if not table.uses() and not table.is_graph_output():
-                    del model.graph.initializers[table.name]
-                self.count("untied")
+                if not transpose.outputs[0].uses() and not transpose.outputs[0].is_graph_output():
+                    transpose.graph.remove(transpose, safe=True)
+            for table in untied:
+                if table.is_initializer() and not table.uses() and not table.is_graph_output():
+                    del table.graph.initializers[table.name]
             self.touch(comp)
             modified = True
         return ir.passes.PassResult(bundle, modified)
 
-    def _gather_from(self, model: ir.Model, table: ir.Value, weight: ir.Value) -> None:
+    def _untie(self, model: ir.Model, table: ir.Value) -> ir.Value:
+        """The ``[hidden, vocab]`` initializer beside ``table`` (its graph), Gathers moved."""
+        home = table.graph or model.graph
+        name = self.weight_name if self.weight_name not in home.initializers else None
+        head = _transposed(table.const_value, name or "")
+        weight = ir.Value(
+            name=name, type=ir.TensorType(head.dtype), shape=head.shape, const_value=head
+        )
+        home.register_initializer(weight)
+        if self.embed_from_lm_head:
+            self._gather_from(table, weight)
+        return weight
+
+    def _gather_from(self, table: ir.Value, weight: ir.Value) -> None:
         """Gather(E, ids) -> Transpose(Gather(E^T, ids, axis=1)): the same rows, from E^T."""
         for use in list(table.uses()):
             node = use.node
@@ -106,11 +117,11 @@ class InlineLmHead(BundlePass):
             back = ir.node(
                 "Transpose", [gather.outputs[0]], {"perm": perm}, name=f"{node.name}_rows"
             )
-            model.graph.insert_before(node, [gather, back])
+            node.graph.insert_before(node, [gather, back])
             back.outputs[0].type = node.outputs[0].type
             back.outputs[0].shape = node.outputs[0].shape
             ir.convenience.replace_all_uses_with(node.outputs[0], back.outputs[0])
-            model.graph.remove(node, safe=True)
+            node.graph.remove(node, safe=True)
             self.count("embedding reads lm_head")
 
     @staticmethod

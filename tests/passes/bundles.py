@@ -97,3 +97,40 @@ def branch_feeds(model: ir.Model, use_cache: bool, seed: int = 0) -> dict[str, n
             shape = [int(d) for d in v.shape]
             feeds[v.name] = rng.standard_normal(shape).astype(np.float32)
     return feeds
+
+
+MERGED_DECODER = """
+<ir_version: 10, opset_import: ["" : 18]>
+g (bool[1] use_cache_branch, int64[batch,seq] input_ids, float[{vocab},{hidden}] E,
+   float[{hidden},{hidden}] W) => (float[batch,seq,{vocab}] logits) {{
+    et = Transpose <perm = [1, 0]> (E)
+    logits = If (use_cache_branch) <
+        then_branch = with_past () => (float[batch,seq,{vocab}] t_logits) {{
+            t_e = Gather <axis = 0> (E, input_ids)
+            t_m = MatMul (t_e, W)
+            t_h = Tanh (t_m)
+            t_logits = MatMul (t_h, et)
+        }},
+        else_branch = no_past () => (float[batch,seq,{vocab}] e_logits) {{
+            e_e = Gather <axis = 0> (E, input_ids)
+            e_m = MatMul (e_e, W)
+            e_h = Sigmoid (e_m)
+            e_logits = MatMul (e_h, et)
+        }}
+    >
+}}
+"""
+
+
+def merged_decoder_bundle(seed: int = 0) -> Bundle:
+    """Whisper's layout in small: one ``decoder_model_merged`` whose ``If`` branches read the
+    tied table ``E`` (Gather) and, through one top-level Transpose, as their lm_head."""
+    rng = np.random.default_rng(seed)
+    arrays = {
+        "E": rng.standard_normal((VOCAB, HIDDEN)).astype(np.float32),
+        "W": rng.standard_normal((HIDDEN, HIDDEN)).astype(np.float32),
+    }
+    text = MERGED_DECODER.format(vocab=VOCAB, hidden=HIDDEN)
+    bundle = Bundle(family="test")
+    bundle.add_component("decoder_model_merged", as_initializers(model_from_text(text), arrays))
+    return bundle
