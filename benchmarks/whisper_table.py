@@ -76,24 +76,29 @@ CALIBRATION = (
     "The clock struck to mark the third period.",
 )
 
-INT4 = "quantize-int4{roles=[encoder]}"
-"""quantize-int4 reaches the encoder only: the decoder's MatMuls sit inside the If branches of
-decoder_model_merged, and the pass rewrites the main graph."""
+UNTIE = "inline-lm-head{components=[decoder_model_merged]}"
+"""The merged decoder's lm_head (both If branches read Transpose(embed_tokens)) as its own weight,
+so that quantize-int4 packs it and the embedding Gathers read the packed table."""
+INT4_ENCODER = "quantize-int4{roles=[encoder]}"
+INT4_DECODER = f"{UNTIE},quantize-int4"
+"""Default roles: every decoder MatMul incl. the lm_head, inside both If branches of
+decoder_model_merged (each weight packed once); the encoder stays FP32."""
+INT4 = f"{UNTIE},quantize-int4{{roles=[encoder,q,k,v,o,other,lm_head]}}"
 LOW_RANK = "low-rank{calibration=CAL}"
+LOW_RANK_FC1 = "hygiene," + LOW_RANK.replace("{", "{exclude=[*self_attn*,*fc2],") + ",fp32"
 VARIANTS: dict[str, str | None] = {
     "raw": None,
     "fp32": "fp32",
-    "int4 (encoder)": f"fp32,{INT4}",
+    "int4 (encoder)": f"fp32,{INT4_ENCODER}",
+    "int4 (decoder)": f"fp32,{INT4_DECODER}",
+    "int4 (decoder) block 32": f"fp32,{INT4_DECODER}{{block_size=32}}",
+    "int4": f"fp32,{INT4}",
     "low-rank 0.99/0.999 (LiteASR)": f"hygiene,{LOW_RANK},fp32",
     "low-rank 0.999/0.9999": "hygiene,"
     + LOW_RANK.replace("{", "{attention_threshold=0.999,mlp_threshold=0.9999,")
     + ",fp32",
-    "low-rank fc1 0.999": "hygiene,"
-    + LOW_RANK.replace("{", "{exclude=[*self_attn*,*fc2],")
-    + ",fp32",
-    "low-rank fc1 0.999 + int4 (encoder)": "hygiene,"
-    + LOW_RANK.replace("{", "{exclude=[*self_attn*,*fc2],")
-    + f",fp32,{INT4}",
+    "low-rank fc1 0.999": LOW_RANK_FC1,
+    "low-rank fc1 0.999 + int4": f"{LOW_RANK_FC1},{INT4}",
 }
 PASS_FILES = {"low-rank": "passes/low_rank.py", "quantize-int4": "passes/quantize_int4.py"}
 
