@@ -12,9 +12,10 @@ subprocesses (one model in memory at a time):
 
 Both bundles then run through the same reference runtime (``qgraph bench``: 11 s of audio,
 prefill, exactly 30 decode steps), alternating A/B in fresh processes, and medians are
-compared. Results go to ``benchmarks/results/e2e.{json,md}``.
+compared (``bundles_ab.py``). Results go to ``benchmarks/results/e2e.{json,md}``.
 
     python benchmarks/e2e.py --raw RAW --ours OURS [--public PUBLIC] [--rounds 3]
+                             [--extra NAME=DIR ...]
 
 ``--public`` reuses an earlier build of the public approach (built there if missing).
 """
@@ -23,10 +24,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from bundles_ab import alternate, markdown
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -117,27 +119,6 @@ def _relocate(path: Path, old: str, new: str) -> None:
     path.write_bytes(proto.SerializeToString())
 
 
-def bench(bundle: Path, out: Path) -> dict:
-    run(
-        [
-            "qgraph",
-            "bench",
-            str(bundle),
-            "--audio-seconds",
-            "11",
-            "--steps",
-            "30",
-            "--repeat",
-            "3",
-            "--threads",
-            "2",
-            "--json",
-            str(out),
-        ]
-    )
-    return json.loads(out.read_text())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,47 +127,25 @@ def main() -> None:
     ap.add_argument("--ours", type=Path, required=True, help="our compiled bundle (default)")
     ap.add_argument("--public", type=Path, default=Path("benchmarks/work/public-int4"))
     ap.add_argument("--rounds", type=int, default=3, help="alternating A/B rounds")
+    ap.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="another bundle to time in the same rounds (e.g. a variant of ours)",
+    )
     args = ap.parse_args()
+    extra = dict(spec.split("=", 1) for spec in args.extra)
     if not (args.public / "decoder_step.onnx").exists():
         build_public(args.raw, args.public)
-    rows: dict[str, list[dict]] = {"ours": [], "public": []}
-    scratch = RESULTS / "e2e-runs"
-    scratch.mkdir(parents=True, exist_ok=True)
-    for i in range(args.rounds):
-        for name, bundle in (("ours", args.ours), ("public", args.public)):
-            rows[name].append(bench(bundle, scratch / f"{name}-{i}.json"))
-    keys = [
-        "end_to_end_ms",
-        "encoder_ms",
-        "decoder_init_ms",
-        "decode_step_e2e_ms",
-        "decoder_step_ms",
-        "peak_rss_mb",
-        "rss_after_load_mb",
-        "load_s",
-    ]
-    summary = {
-        name: {k: statistics.median(r[k] for r in runs) for k in keys}
-        for name, runs in rows.items()
-    }
-    sizes = {
-        name: sum(p.stat().st_size for p in b.iterdir() if p.is_file())
-        for name, b in (("ours", args.ours), ("public", args.public))
-    }
-    result = {"summary": summary, "bytes": sizes, "runs": rows}
+    bundles = {"ours": args.ours, "public": args.public}
+    bundles.update({name: Path(folder) for name, folder in extra.items()})
+    result = alternate(bundles, args.rounds, RESULTS / "e2e-runs")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "e2e.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [
-        f"| metric (median of {args.rounds}) | ours | public approach | ours / public |",
-        "|---|---|---|---|",
-    ]
-    for k in keys:
-        a, b = summary["ours"][k], summary["public"][k]
-        lines.append(f"| {k} | {a:.1f} | {b:.1f} | {a / b:.2f} |")
-    a, b = sizes["ours"] / 1e9, sizes["public"] / 1e9
-    lines.append(f"| bundle size (GB) | {a:.2f} | {b:.2f} | {a / b:.2f} |")
-    (RESULTS / "e2e.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    table = markdown(result, {"ours": "ours (default)", "public": "public approach"})
+    (RESULTS / "e2e.md").write_text(table)
+    print(table)
 
 
 if __name__ == "__main__":

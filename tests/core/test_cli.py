@@ -167,6 +167,13 @@ def test_debug_shows_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
+def test_python_dash_m_runs_the_cli():
+    proc = subprocess.run(
+        [sys.executable, "-m", "qgraph", "passes"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0 and "fuse-rms-norm" in proc.stdout
+
+
 def readme_block(heading: str) -> str:
     text = README.read_text()
     section = text.split(heading, 1)[1]
