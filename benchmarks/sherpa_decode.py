@@ -308,9 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passes", type=int, default=3, help="alternating processes per config")
     p.add_argument("--max-total-len", type=int, default=512)
     p.add_argument("--qgraph-pipeline", default="fp32")
-    p.add_argument(
-        "--sherpa-pipeline", default="hygiene,fusions,inline-lm-head{components=[decoder]}"
-    )
+    p.add_argument("--sherpa-pipeline", default="sherpa")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results/sherpa_decode")
     args = p.parse_args(argv)
     if args.child:

@@ -100,7 +100,7 @@ BUILTIN_PIPELINES = {
         "disk of fp32; unfused, because to-fp16 leaves contrib ops' FP32 weights alone",
     ),
     "sherpa": (
-        "hygiene,fusions,inline-lm-head{components=[decoder]}",
+        "hygiene,fusions,inline-lm-head",
         "lossless for the sherpa-onnx layout (export --layout sherpa): ORT fusions and an "
         "untied lm_head, keeping sherpa-onnx's I/O contract",
     ),

@@ -48,16 +48,10 @@ import onnx_ir as ir
 
 from qgraph.bundle import Bundle
 from qgraph.pass_api import BundlePass, Tolerance, option
-from qgraph.passes._quant import (
-    ROLES,
-    calibration_outputs,
-    fake_quantize,
-    graph_role,
-    in_memory,
-    release,
-    role_of,
-    selected,
-)
+from qgraph.passes._blockquant import fake_quantize
+from qgraph.passes._calibration import calibration_outputs
+from qgraph.passes._lazy import in_memory, release
+from qgraph.passes._roles import ROLES, graph_role, role_of, selected
 from qgraph.weights import tensor_key
 
 logger = logging.getLogger(__name__)

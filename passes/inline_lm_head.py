@@ -14,10 +14,11 @@ so the table is stored once (as E^T) instead of twice.
 lm_head) and reports nothing to do.
 Does not fire: no ``MatMul`` whose weight is a ``Transpose(perm=[1,0])`` of a 2-D initializer
 (``skipped:no transposed-weight lm_head``).
-Scope: ``decoder_init`` and ``decoder_step`` by default (``components=``); the main graph and
-its subgraphs. In Whisper's ``decoder_model_merged`` (``components=[decoder_model_merged]``) the
-lm_head MatMuls of both ``If`` branches read one top-level ``Transpose`` of the table: they get
-one shared top-level weight, and the embedding Gathers of both branches read it.
+Scope: every decoder graph by default (``components=``): ``decoder_init`` and ``decoder_step``,
+the sherpa-onnx layout's ``decoder`` and Whisper's ``decoder_model_merged``; the main graph and
+its subgraphs. In ``decoder_model_merged`` the lm_head MatMuls of both ``If`` branches read one
+top-level ``Transpose`` of the table: they get one shared top-level weight, and the embedding
+Gathers of both branches read it.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class InlineLmHead(BundlePass):
     must_follow = ("extract-embed-fp16",)
     reason = "the step's embedding table is extracted from its plain Gather first"
     components: tuple[str, ...] = option(
-        ("decoder_init", "decoder_step"), "components whose lm_head is untied"
+        ("decoder_init", "decoder_step", "decoder", "decoder_model_merged"),
+        "components whose lm_head is untied",
     )
     keep_tied: bool = option(False, "leave the lm_head as Transpose(embedding)")
     weight_name: str = option("lm_head.weight", "name of the new [hidden, vocab] initializer")

@@ -24,7 +24,7 @@ ever quantized (decoder_init's embedding keeps reading the FP32 ``lm_head.weight
 trap for comparison only. ``reduce_range=true`` uses 7-bit weights, for x86 CPUs without VNNI
 whose U8S8 kernels can saturate.
 
-Selection: ``roles`` and ``exclude`` as in ``quantize-int4`` (``_quant``); the encoder is left
+Selection: ``roles`` and ``exclude`` as in ``quantize-int4`` (``_roles``); the encoder is left
 alone by default (INT8 encoder: +1 pp WER in the public tool's experiment [100]).
 Does not fire (``skipped:<reason>``): the weight is not a constant FLOAT 2-D initializer; its
 role is not selected; it is excluded.
@@ -44,17 +44,9 @@ import numpy as np
 import onnx_ir as ir
 
 from qgraph.pass_api import GraphPass, Tolerance, option
-from qgraph.passes._quant import (
-    CHUNK_BYTES,
-    DECODER_ROLES,
-    ROLES,
-    LazyParts,
-    SourceCache,
-    add_initializer,
-    graph_role,
-    refusal,
-    release,
-)
+from qgraph.passes._blockquant import CHUNK_BYTES
+from qgraph.passes._lazy import LazyParts, SourceCache, add_initializer, release
+from qgraph.passes._roles import DECODER_ROLES, ROLES, graph_role, refusal
 
 logger = logging.getLogger(__name__)
 

@@ -222,7 +222,7 @@ def test_sherpa_onnx_decodes_the_pytorch_tokens(sherpa_bundle: Path, audio, torc
     [
         ("hygiene", {}),
         (
-            "hygiene,fusions,inline-lm-head{components=[decoder]}",
+            "hygiene,fusions,inline-lm-head",
             {
                 "decoder": {"RotaryEmbedding", "SkipSimplifiedLayerNormalization"},
                 "encoder": {"MultiHeadAttention", "BiasGelu"},
@@ -262,7 +262,7 @@ def test_int4_bundle_decodes_alike_in_sherpa_onnx_and_qgraph(
     the int8 activations of MatMulNBits (accuracy_level 4) in sherpa-onnx's own ONNX Runtime
     build and ours round differently."""
     bundle = Bundle.load(sherpa_bundle)
-    pipeline = "hygiene,fusions,inline-lm-head{components=[decoder]},quantize-int4"
+    pipeline = "sherpa,quantize-int4"
     run_pipeline(bundle, expand(pipeline, default_registry()))
     ops = Counter(n.op_type for n in bundle.components["decoder"].graph)
     # per layer: packed q/k/v, o, packed gate/up, down; then lm_head (also the embedding)

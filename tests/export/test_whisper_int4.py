@@ -21,10 +21,7 @@ from tests.export.whisper_bundles import tiny_whisper  # noqa: E402
 log = logging.getLogger(__name__)
 POSITIONS = "model.decoder.embed_positions.weight"
 
-INT4 = (
-    "fp32,inline-lm-head{components=[decoder_model_merged]},"
-    "quantize-int4{roles=[q,k,v,o,other,lm_head,encoder]}"
-)
+INT4 = "fp32,quantize-int4{roles=[q,k,v,o,other,lm_head,encoder]}"
 
 
 @pytest.fixture(scope="module")

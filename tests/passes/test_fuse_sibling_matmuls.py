@@ -1,6 +1,9 @@
+import onnx_ir as ir
 import pytest
 
+from qgraph.passes._roles import SCOPES_KEY, role_of
 from qgraph.passes.fuse_sibling_matmuls import FuseSiblingMatMuls
+from qgraph.passes.quantize_int4 import QuantizeMatMulNBits
 from qgraph.testing import check_pass, op_types
 
 
@@ -44,7 +47,6 @@ EXPOSED = GATE_UP.replace("=> (float[10,24] y)", "=> (float[10,24] y, float[10,2
 def as_weights(model, names):
     """Graph inputs ``names`` -> random initializers (what an exporter stores)."""
     import numpy as np
-    import onnx_ir as ir
 
     rng = np.random.default_rng(0)
     for name in names:
@@ -83,3 +85,31 @@ def test_tiny(tiny_component, component, fused):
     """q/k/v of every layer, and gate/up of every decoder layer."""
     check = check_pass(FuseSiblingMatMuls(), tiny_component(component), dims={"time": 300})
     assert check.stats == {"fused": fused}
+
+
+def test_does_not_fire_on_mixed_element_types(typed):
+    import numpy as np
+
+    model = as_weights(typed(GATE_UP), ["wg", "wu"])
+    wu = model.graph.initializers["wu"]
+    wu.const_value = ir.tensor(wu.const_value.numpy().astype(np.float16))
+    wu.dtype = ir.DataType.FLOAT16
+    result = FuseSiblingMatMuls()(model)
+    assert not result.modified
+
+
+def test_packed_weight_is_computed_when_read_and_keeps_module_scopes(tiny_component):
+    """No concatenated copy in memory at fusion time; roles and exclusions still see q/k/v."""
+    model = tiny_component("decoder_step")
+    FuseSiblingMatMuls()(model)
+    packed = [n for n in model.graph if n.metadata_props.get(SCOPES_KEY)]
+    assert len(packed) == 4  # q/k/v and gate/up of 2 layers
+    for node in packed:
+        assert isinstance(node.inputs[1].const_value, ir.LazyTensor)
+    roles = sorted(role_of(n, n.inputs[1]) for n in packed)
+    assert roles == ["gate+up", "gate+up", "q+k+v", "q+k+v"]
+    QuantizeMatMulNBits(exclude=("*.layers.0.*",))(model)
+    fp32 = {n.metadata_props.get(SCOPES_KEY, "") for n in model.graph if n.op_type == "MatMul"}
+    assert any(".layers.0.self_attn.q_proj" in s for s in fp32)
+    assert any(".layers.0.mlp.gate_proj" in s for s in fp32)
+    assert not any(".layers.1." in s for s in fp32)

@@ -12,7 +12,7 @@ from qgraph.bundle import Bundle
 from qgraph.errors import PipelineError
 from qgraph.examples import example_audio
 from qgraph.manager import run_pipeline
-from qgraph.passes._quant import block_quantize, fake_quantize
+from qgraph.passes._blockquant import block_quantize, fake_quantize
 from qgraph.passes.inline_lm_head import InlineLmHead
 from qgraph.passes.quantize_int4 import QuantizeMatMulNBits
 from qgraph.pipeline import expand

@@ -7,7 +7,8 @@ import pytest
 
 from qgraph.bundle import Bundle
 from qgraph.instruments import verify
-from qgraph.passes._quant import block_quantize, role_of
+from qgraph.passes._blockquant import block_quantize
+from qgraph.passes._roles import role_of
 from qgraph.passes.quantize_int4 import QuantizeMatMulNBits
 from qgraph.passes.quantize_int8 import QuantizeInt8
 from qgraph.testing import check_pass, model_from_text
