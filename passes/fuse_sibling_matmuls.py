@@ -63,11 +63,10 @@ def _side_by_side(tensors: list[ir.TensorProtocol], name: str) -> ir.LazyTensor:
     """``Concat(tensors, axis=1)``, computed when read; each source is released after it."""
 
     def compute() -> ir.Tensor:
-        parts = []
-        for t in tensors:
-            parts.append(t.numpy())
+        packed = np.concatenate([t.numpy() for t in tensors], axis=1)
+        for t in tensors:  # no view of a source is left: unmap its pages
             release(t)
-        return ir.tensor(np.concatenate(parts, axis=1), name=name)
+        return ir.tensor(packed, name=name)
 
     width = sum(t.shape[1] for t in tensors)
     shape = ir.Shape([tensors[0].shape[0], width])
