@@ -76,14 +76,12 @@ CALIBRATION = (
     "The clock struck to mark the third period.",
 )
 
-UNTIE = "inline-lm-head{components=[decoder_model_merged]}"
-"""The merged decoder's lm_head (both If branches read Transpose(embed_tokens)) as its own weight,
-so that quantize-int4 packs it and the embedding Gathers read the packed table."""
 INT4_ENCODER = "quantize-int4{roles=[encoder]}"
-INT4_DECODER = f"{UNTIE},quantize-int4"
-"""Default roles: every decoder MatMul incl. the lm_head, inside both If branches of
-decoder_model_merged (each weight packed once); the encoder stays FP32."""
-INT4 = f"{UNTIE},quantize-int4{{roles=[encoder,q,k,v,o,other,lm_head]}}"
+INT4_DECODER = "quantize-int4"
+"""Default roles: every decoder MatMul incl. the lm_head (``fp32`` unties it: both If branches
+read Transpose(embed_tokens)), inside both If branches of decoder_model_merged (each weight
+packed once); the encoder stays FP32."""
+INT4 = "quantize-int4{roles=[encoder,q,k,v,o,other,lm_head]}"
 LOW_RANK = "low-rank{calibration=CAL}"
 LOW_RANK_FC1 = "hygiene," + LOW_RANK.replace("{", "{exclude=[*self_attn*,*fc2],") + ",fp32"
 VARIANTS: dict[str, str | None] = {
