@@ -30,6 +30,7 @@ import torch
 from qgraph.errors import VerificationError
 from qgraph.export.compare import first_mismatch, max_diff
 from qgraph.runtime import AsrSession, default_max_tokens
+from qgraph.runtime.eval import qwen3_session_class
 from qgraph.runtime.files import load_tokenizer, read_config
 from qgraph.runtime.mel import log_mel
 from qgraph.runtime.prompt import SpecialTokens, build_prompt_ids
@@ -178,7 +179,7 @@ def validate_bundle(
     del model
     gc.collect()
 
-    session = AsrSession(bundle_dir)
+    session = qwen3_session_class(bundle_dir)(bundle_dir)  # either layout
     results = []
     for (name, samples), mel, ref, budget in zip(clips, mels, refs, budgets, strict=True):
         logger.info("ONNX Runtime for %s", name)

@@ -293,3 +293,13 @@ def test_qgraph_bench_reads_the_sherpa_layout(sherpa_bundle: Path, tmp_path: Pat
     assert result["steps"] == 3 and result["audio_tokens"] == n_audio_tokens(300)
     assert 0 < result["decoder_step_ms"] < result["end_to_end_ms"]
     assert "decoder_step" in capsys.readouterr().out
+
+
+def test_qgraph_validate_reads_the_sherpa_layout(sherpa_bundle: Path, capsys):
+    rc = main(
+        ["validate", str(sherpa_bundle), "--reference", "tiny", "--max-tokens", "8", "--json"]
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0 and report["ok"] is True
+    (clip,) = report["clips"]
+    assert clip["encoder_max_abs"] < 1e-4 and clip["onnx_tokens"] == clip["torch_tokens"]
