@@ -4,8 +4,9 @@ Loads a bundle in a fresh process per configuration and records resident memory 
 the three ONNX Runtime sessions are created, and the peak after one transcription of 11 s of
 audio, plus the median decoder_step latency at 100 past tokens. Configurations: the raw bundle
 (one data file per decoder); the compiled bundle (one shared ``decoder_weights.data``) with
-ORT's default sessions; the compiled bundle with ``AsrSession(share_weights=True)`` (no
-per-session pre-packed weight copies: both sessions read the one memory-mapped file).
+ORT's default sessions; the compiled bundle with ``AsrSession(share_weights=True)``
+(decoder_init and decoder_step as the two branches of one session, ``qgraph.runtime.merged``:
+ORT pre-packs each weight once for both).
 
     python benchmarks/shared_memory.py --raw RAW --compiled COMPILED [--out results/shared_memory]
 """

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from qgraph.errors import BundleError, RuntimeInputError
 from qgraph.runtime.audio import SAMPLE_RATE, load_audio
@@ -39,6 +40,7 @@ from qgraph.runtime.files import (
     read_config,
 )
 from qgraph.runtime.mel import log_mel
+from qgraph.runtime.merged import USE_CACHE, merge_decoders
 from qgraph.runtime.prompt import (
     SpecialTokens,
     build_prompt_ids,
@@ -47,7 +49,6 @@ from qgraph.runtime.prompt import (
     resolve_language,
     split_language_prefix,
 )
-from qgraph.runtime.sharing import sharing_components
 
 __all__ = ["AsrSession", "Timings", "Transcript", "default_max_tokens", "transcribe"]
 
@@ -146,14 +147,21 @@ class Transcript:
 class _Component:
     """One ORT session with its declared input element types and output names."""
 
-    def __init__(self, name: str, path: Path, options: Any, providers: list[str]) -> None:
+    def __init__(
+        self, name: str, path: Path, options: Any, providers: list[str], model: bytes | None = None
+    ) -> None:
+        """Load ``path``, or the serialised ``model`` (its external data beside ``path``)."""
         import onnxruntime as ort
 
         self.name = name
         self.path = path
+        if model is not None:
+            options.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(path.parent)
+            )
         try:
             self.session = ort.InferenceSession(
-                str(path), sess_options=options, providers=providers
+                model if model is not None else str(path), sess_options=options, providers=providers
             )
         except Exception as err:  # ORT raises its own Fail/InvalidGraph/... types
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -185,6 +193,57 @@ class _Component:
         return dict(zip(self.output_names, self.session.run(None, cast), strict=True))
 
 
+class _Branch(_Component):
+    """decoder_init or decoder_step as a branch of the merged decoder session: the same API,
+    ``run`` fills ``use_cache_branch`` and the other branch's inputs (empty tensors)."""
+
+    def __init__(self, name: str, path: Path, merged: _Component, own: list[str], step: bool):
+        self.name, self.path, self.session = name, path, merged.session
+        self.input_types = {n: merged.input_types[n] for n in own}
+        self.input_shapes = {n: merged.input_shapes[n] for n in own}
+        self.output_names = merged.output_names
+        self._merged = merged
+        self._fill = {USE_CACHE: np.asarray([step])}
+        for other, dtype in merged.input_types.items():
+            if other not in own and other != USE_CACHE:
+                shape = [d if isinstance(d, int) else 0 for d in merged.input_shapes[other]]
+                self._fill[other] = np.zeros(shape, dtype=dtype)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._merged.run({**self._fill, **feeds})
+
+
+def _open_merged(
+    paths: dict[str, Path], options: Any, providers: list[str]
+) -> tuple[_Branch, _Branch] | None:
+    """decoder_init and decoder_step as the two branches of one session (``merged``), or None
+    when they cannot be merged (the caller then opens them one by one)."""
+    init_path, step_path = paths["decoder_init"], paths["decoder_step"]
+    if init_path.parent != step_path.parent:
+        return None
+    try:
+        init = onnx.load(str(init_path), load_external_data=False)
+        step = onnx.load(str(step_path), load_external_data=False)
+    except Exception:  # unreadable: loading them one by one reports it
+        return None
+    model = merge_decoders(init, step)
+    if model is None:
+        return None
+    try:
+        merged = _Component(
+            "decoder", step_path, options, providers, model=model.SerializeToString()
+        )
+    except BundleError as err:
+        logger.info("cannot merge the decoders (%s); loading them one by one", err)
+        return None
+    init_inputs = [v.name for v in init.graph.input]
+    step_inputs = [v.name for v in step.graph.input]
+    return (
+        _Branch("decoder_init", init_path, merged, init_inputs, step=False),
+        _Branch("decoder_step", step_path, merged, step_inputs, step=True),
+    )
+
+
 def _session_options(threads: int | None, optimization: str) -> Any:
     import onnxruntime as ort
 
@@ -209,20 +268,15 @@ def _session_options(threads: int | None, optimization: str) -> Any:
     return options
 
 
-HOT_LOOP = "decoder_step"
-"""The component that keeps ORT's pre-packed weights even when it shares a data file."""
-
-
 class AsrSession:
     """A loaded bundle: config, tokenizer, three ORT sessions (and the embed table if needed).
 
     Create once, call ``transcribe`` many times. ``threads`` sets ORT's intra-op thread count
     (default: ORT's choice); ``optimization`` is ORT's graph optimization level
-    (``disable``/``basic``/``extended``/``all``). With ``share_weights`` (default), weights that
-    decoder_init reads from a data file it shares with decoder_step stay memory-mapped instead
-    of being copied into pre-packed buffers; decoder_step, the hot loop, keeps ORT's pre-packed
-    weights (about 25 % faster per step at 0.6B FP32). One private copy instead of two
-    (``qgraph.runtime.sharing``, ``benchmarks/shared_memory.py``).
+    (``disable``/``basic``/``extended``/``all``). With ``share_weights`` (default), decoder_init
+    and decoder_step run as the two branches of one ONNX Runtime session, built in memory at
+    load (``qgraph.runtime.merged``): ORT pre-packs each weight once for both instead of once per
+    session, one private copy of the decoder instead of two (``benchmarks/shared_memory.py``).
     """
 
     capacity: int | None = None
@@ -260,21 +314,22 @@ class AsrSession:
     ) -> None:
         """Open the ONNX Runtime sessions and check their I/O (the layout-specific part)."""
         paths = {name: component_path(self.bundle_dir, name) for name in COMPONENTS}
-        shared = sharing_components(paths) if share_weights else set()
-        options = {}
-        for name in COMPONENTS:
-            options[name] = _session_options(threads, optimization)
-            if name in shared and name != HOT_LOOP:
-                # read the shared mapping instead of making a private pre-packed copy
-                options[name].add_session_config_entry("session.disable_prepacking", "1")
-        self.shared_weights = sorted(shared)
-        self.encoder = _Component("encoder", paths["encoder"], options["encoder"], providers)
-        self.decoder_init = _Component(
-            "decoder_init", paths["decoder_init"], options["decoder_init"], providers
-        )
-        self.decoder_step = _Component(
-            "decoder_step", paths["decoder_step"], options["decoder_step"], providers
-        )
+
+        def options() -> Any:
+            return _session_options(threads, optimization)
+
+        self.encoder = _Component("encoder", paths["encoder"], options(), providers)
+        merged = _open_merged(paths, options(), providers) if share_weights else None
+        if merged is None:
+            self.decoder_init = _Component(
+                "decoder_init", paths["decoder_init"], options(), providers
+            )
+            self.decoder_step = _Component(
+                "decoder_step", paths["decoder_step"], options(), providers
+            )
+        else:
+            self.decoder_init, self.decoder_step = merged
+        self.merged_decoders = merged is not None
 
         if len(self.encoder.input_types) != 1:
             raise BundleError(f"{self.encoder.path}: encoder must take exactly one input (mel)")
