@@ -99,8 +99,7 @@ def trace(
 
 
 def measure(path: Path, reference: dict | None, clips: list[Path], steps: int) -> dict[str, Any]:
-    # weight pre-packing on (share_weights=False): MatMulNBits honours accuracy_level only then
-    session = AsrSession(path, share_weights=False)
+    session = AsrSession(path)
     out: dict[str, Any] = {"decoder_mb": (path / "decoder_weights.data").stat().st_size / 1e6}
     runs = {}
     for clip in clips:

@@ -36,8 +36,10 @@ KEYS = (
 )
 
 
-def bench_once(bundle: Path, out: Path, steps: int, repeat: int, threads: int) -> dict:
-    """One ``qgraph bench`` process; its JSON result."""
+def bench_once(
+    bundle: Path, out: Path, steps: int, repeat: int, threads: int, extra: list[str]
+) -> dict:
+    """One ``qgraph bench`` process (``extra``: more of its options); its JSON result."""
     cmd = [
         sys.executable,
         "-m",
@@ -54,6 +56,7 @@ def bench_once(bundle: Path, out: Path, steps: int, repeat: int, threads: int) -
         str(threads),
         "--json",
         str(out),
+        *extra,
     ]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -67,15 +70,18 @@ def alternate(
     steps: int = 30,
     repeat: int = 3,
     threads: int = 2,
+    options: dict[str, list[str]] | None = None,
 ) -> dict:
-    """``{"summary": {name: {metric: median}}, "bytes": {name: size}, "runs": ...}``."""
+    """``{"summary": {name: {metric: median}}, "bytes": {name: size}, "runs": ...}``;
+    ``options[name]``: extra ``qgraph bench`` options for that bundle."""
+    options = options or {}
     scratch.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict]] = {name: [] for name in bundles}
     for i in range(rounds):
         for name, folder in bundles.items():
-            runs[name].append(
-                bench_once(folder, scratch / f"{name}-{i}.json", steps, repeat, threads)
-            )
+            out = scratch / f"{name}-{i}.json"
+            extra = options.get(name, [])
+            runs[name].append(bench_once(folder, out, steps, repeat, threads, extra))
     summary = {
         name: {k: statistics.median(r[k] for r in rs) for k, _ in KEYS} for name, rs in runs.items()
     }
@@ -89,6 +95,7 @@ def alternate(
         "steps": steps,
         "repeat": repeat,
         "threads": threads,
+        "options": options,
         "summary": summary,
         "bytes": sizes,
         "runs": runs,

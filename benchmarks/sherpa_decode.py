@@ -5,9 +5,10 @@ At the Qwen3-ASR-0.6B shapes (``random-0.6b``; random weights change no timing),
 
 - ``qgraph``: ``qgraph export qwen3-asr`` compiled with ``--qgraph-pipeline`` (default ``fp32``:
   hygiene, fusions, the release layout in FP32), decoded by ``qgraph.runtime.AsrSession`` as
-  ``qgraph bench`` does (its default ``share_weights=True``: no pre-packed weight copies);
-- ``qgraph-prepacked``: the same with ``share_weights=False`` (ORT's default pre-packing, as
-  sherpa-onnx's sessions have it);
+  ``qgraph bench`` does (its default ``share_weights=True``: decoder_init and decoder_step in
+  one merged session, one pre-packed copy of the weights);
+- ``qgraph-two-sessions``: the same with ``share_weights=False`` (two decoder sessions, each with
+  its own pre-packed copy);
 - ``sherpa-onnx``: ``export_sherpa`` compiled with ``--sherpa-pipeline`` (default hygiene,
   fusions, untied lm_head), decoded by ``sherpa_onnx.OfflineRecognizer.from_qwen3_asr``;
 - ``ort-default-step`` / ``ort-sherpa-step``: each layout's decode-step graph alone in a plain
@@ -228,7 +229,7 @@ def run_child(name: str, **kwargs: Any) -> dict:
 # -- driver --------------------------------------------------------------------------------------
 RUNNERS = {
     "qgraph": ("qgraph.runtime.AsrSession", "default layout"),
-    "qgraph-prepacked": ("qgraph.runtime.AsrSession(share_weights=False)", "default layout"),
+    "qgraph-two-sessions": ("qgraph.runtime.AsrSession(share_weights=False)", "default layout"),
     "sherpa-onnx": ("sherpa-onnx", "sherpa layout"),
     "ort-default-step": ("ORT, decoder_step alone", "default layout"),
     "ort-sherpa-step": ("ORT, decoder alone", "sherpa layout"),
@@ -340,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     common = {"threads": args.threads, "steps": args.steps, "repeat": args.repeat}
     jobs = {
         "qgraph": ("qgraph", {"bundle": str(bundles["default"]), "share": True}),
-        "qgraph-prepacked": ("qgraph", {"bundle": str(bundles["default"]), "share": False}),
+        "qgraph-two-sessions": ("qgraph", {"bundle": str(bundles["default"]), "share": False}),
         "sherpa-onnx": (
             "sherpa",
             {"bundle": str(bundles["sherpa"]), "max_total_len": args.max_total_len},

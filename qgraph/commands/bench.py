@@ -71,6 +71,12 @@ def add_parser(sub) -> None:
         help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice)",
     )
     p.add_argument(
+        "--separate-decoders",
+        action="store_true",
+        help="qwen3-asr: open decoder_init and decoder_step as two ONNX Runtime sessions, as "
+        "most runtimes do (default: one merged session, one pre-packed copy of the weights)",
+    )
+    p.add_argument(
         "--json",
         type=Path,
         metavar="FILE",
@@ -88,7 +94,13 @@ def run(args) -> int:
         if not args.audio.is_file():
             raise RuntimeInputError(f"audio file not found: {args.audio}")
         audio = bench_audio(args.audio_seconds, source=args.audio)
-    bench = bench_whisper if is_whisper_bundle(args.bundle) else run_bench
+    kwargs = {}
+    if is_whisper_bundle(args.bundle):
+        if args.separate_decoders:
+            raise RuntimeInputError("--separate-decoders applies to qwen3-asr bundles only")
+        bench = bench_whisper
+    else:
+        bench, kwargs = run_bench, {"share_weights": not args.separate_decoders}
     result = bench(
         args.bundle,
         audio_seconds=args.audio_seconds,
@@ -96,6 +108,7 @@ def run(args) -> int:
         repeat=args.repeat,
         threads=args.threads,
         audio=audio,
+        **kwargs,
     )
     r = result
     print(f"bundle          {r.bundle}")

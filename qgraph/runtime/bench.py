@@ -118,14 +118,18 @@ def run_bench(
     past_tokens: int = 100,
     threads: int | None = None,
     audio: np.ndarray | None = None,
+    share_weights: bool = True,
 ) -> BenchResult:
-    """Benchmark ``bundle_dir``; ``audio`` (16 kHz mono) overrides the built-in speech."""
+    """Benchmark ``bundle_dir``; ``audio`` (16 kHz mono) overrides the built-in speech;
+    ``share_weights=False`` opens decoder_init and decoder_step as two sessions."""
     if steps < 1 or repeat < 1 or past_tokens < 1:
         raise ValueError("steps, repeat and past_tokens must be >= 1")
     from qgraph.runtime.eval import qwen3_session_class
 
     start = time.perf_counter()
-    session = qwen3_session_class(bundle_dir)(bundle_dir, threads=threads)
+    session = qwen3_session_class(bundle_dir)(
+        bundle_dir, threads=threads, share_weights=share_weights
+    )
     load_s = time.perf_counter() - start
     rss_after_load = _rss_bytes()
     samples = audio if audio is not None else bench_audio(audio_seconds, session.sample_rate)

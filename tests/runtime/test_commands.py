@@ -59,9 +59,13 @@ def test_transcribe_user_errors(make_bundle: MakeBundle, tmp_path: Path) -> None
         _parse(transcribe, ["transcribe", str(root), "x.wav", "--max-tokens", "0"])
 
 
-def test_bench_reports_and_writes_json(make_bundle: MakeBundle, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("separate", [False, True], ids=["merged", "separate-decoders"])
+def test_bench_reports_and_writes_json(
+    make_bundle: MakeBundle, tmp_path: Path, capsys, separate: bool
+) -> None:
     out = tmp_path / "bench.json"
     argv = ["bench", str(make_bundle()), "--audio-seconds", "2.5", "--steps", "3", "--repeat", "2"]
+    argv += ["--separate-decoders"] if separate else []
     assert _run(bench, [*argv, "--json", str(out)]) == 0
     text = capsys.readouterr().out
     for word in ("encoder", "decoder_init", "decoder_step", "RTF", "peak"):
