@@ -8,7 +8,8 @@ ORT's default sessions; the compiled bundle with ``AsrSession(share_weights=True
 (decoder_init and decoder_step as the two branches of one session, ``qgraph.runtime.merged``:
 ORT pre-packs each weight once for both).
 
-    python benchmarks/shared_memory.py --raw RAW --compiled COMPILED [--out results/shared_memory]
+    python benchmarks/shared_memory.py --raw RAW --compiled COMPILED [COMPILED ...]
+                                       [--out results/shared_memory]
 """
 
 from __future__ import annotations
@@ -94,14 +95,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--raw", type=Path, required=True)
-    ap.add_argument("--compiled", type=Path, required=True)
+    ap.add_argument("--compiled", type=Path, nargs="+", required=True, help="compiled bundles")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "shared_memory")
     args = ap.parse_args()
-    configs = [
-        ("raw, two data files", args.raw, False),
-        ("compiled, shared file, ORT default sessions", args.compiled, False),
-        ("compiled, shared file, AsrSession(share_weights=True)", args.compiled, True),
-    ]
+    configs = [("raw, two data files, two sessions", args.raw, False)]
+    for bundle in args.compiled:
+        configs += [
+            (f"{bundle.name}: shared file, two decoder sessions", bundle, False),
+            (f"{bundle.name}: shared file, one merged session (runtime default)", bundle, True),
+        ]
     rows = []
     for label, bundle, share in configs:  # each in a fresh process: RSS is per process
         row = {"config": label, "bundle": str(bundle), **measure(bundle, share)}
