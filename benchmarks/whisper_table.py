@@ -91,6 +91,9 @@ VARIANTS: dict[str, str | None] = {
     "int4 (decoder)": f"fp32,{INT4_DECODER}",
     "int4 (decoder) block 32": f"fp32,{INT4_DECODER}{{block_size=32}}",
     "int4": f"fp32,{INT4}",
+    "int8 (encoder)": "fp32,quantize-int8{roles=[encoder]},remove-unused",
+    "int8 (encoder) + int4 (decoder) block 32": "fp32,quantize-int8{roles=[encoder]},"
+    f"{INT4_DECODER}{{block_size=32}},remove-unused",
     "low-rank 0.99/0.999 (LiteASR)": f"hygiene,{LOW_RANK},fp32",
     "low-rank 0.999/0.9999": "hygiene,"
     + LOW_RANK.replace("{", "{attention_threshold=0.999,mlp_threshold=0.9999,")

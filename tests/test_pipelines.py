@@ -73,3 +73,13 @@ def test_default_is_int4_within_its_budget(tiny_raw, tmp_path, audio):
     assert size < raw_size / 2
     transcript = AsrSession(tmp_path / "default").transcribe(audio)
     assert transcript.token_ids
+
+
+def test_small_adds_an_int8_encoder_within_its_budget(tiny_raw, tmp_path, audio):
+    bundle, result = compile_with(tiny_raw, "small", tmp_path / "small", verify_each=True)
+    encoder_ops = {n.op_type for n in bundle.components["encoder"].graph}
+    assert "MatMulInteger" in encoder_ops and "MatMulNBits" not in encoder_ops
+    assert "MatMulNBits" in {n.op_type for n in bundle.components["decoder_step"].graph}
+    verdicts = [v for r in result.records for v in r.verified.values()]
+    assert verdicts and all(v == "ok" or v.startswith("skipped") for v in verdicts)
+    assert AsrSession(tmp_path / "small").transcribe(audio).token_ids
