@@ -38,9 +38,12 @@ from qgraph.errors import PipelineError
 class Tolerance:
     """How close a pass's output must stay to its input, as checked by ``--verify-each``.
 
-    ``atol``/``rtol`` bound the elementwise error of every output (``numpy.allclose``; ``None``
-    switches it off); lossy passes may also declare a minimum cosine similarity and a minimum
-    top-1 agreement over the last axis (for logits).
+    ``atol``/``rtol`` bound the error of every output relative to its scale: max |after -
+    before| <= atol + rtol * max |before| (``None`` switches it off). Rounding in a rewritten
+    computation grows with the magnitude of the values it combines, not with each output
+    element, so an elementwise rtol would fail a correct fusion on logits near zero. Lossy
+    passes may also declare a minimum cosine similarity and a minimum top-1 agreement over the
+    last axis (for logits).
     """
 
     atol: float | None = 1e-4
