@@ -128,7 +128,10 @@ def run(args) -> int:
         f"end to end      {r.end_to_end_ms:9.2f} ms with {r.steps} steps "
         f"({r.decode_step_e2e_ms:.2f} ms/step), RTF {r.rtf:.3f}"
     )
-    print(f"memory          {r.rss_after_load_mb:.0f} MiB after load, {r.peak_rss_mb:.0f} MiB peak")
+    print(
+        f"memory          {r.rss_after_load_mb:.0f} MiB after load, {r.peak_rss_mb:.0f} MiB peak "
+        f"({r.decoder_sessions} decoder session{'s' if r.decoder_sessions > 1 else ''})"
+    )
     if args.json is not None:
         try:
             args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")

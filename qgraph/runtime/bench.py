@@ -63,6 +63,8 @@ class BenchResult:
     e2e_tokens_per_s: float
     rss_after_load_mb: float
     peak_rss_mb: float
+    decoder_sessions: int = 1
+    """ONNX Runtime sessions running the decoder graphs (1: merged or a single decoder graph)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -198,4 +200,5 @@ def run_bench(
         e2e_tokens_per_s=1000.0 / e2e_step_ms,
         rss_after_load_mb=rss_after_load / 2**20,
         peak_rss_mb=peak_rss_bytes() / 2**20,
+        decoder_sessions=1 if session.merged_decoders else 2,
     )

@@ -95,10 +95,10 @@ def _branch(
             if out:
                 rename[out] = f"{tag}/{out}"
     nodes = []
-    for node in graph.node:
+    for k, node in enumerate(graph.node):
         new = onnx.NodeProto()
         new.CopyFrom(node)
-        new.name = f"{tag}/{node.name}"
+        new.name = f"{tag}/{node.name or f'node_{k}'}"
         new.input[:] = [rename.get(i, i) for i in node.input]
         new.output[:] = [rename.get(o, o) for o in node.output]
         nodes.append(new)

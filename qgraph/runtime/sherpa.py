@@ -70,7 +70,7 @@ class SherpaSession(AsrSession):
             _Component(name, paths[name], _session_options(threads, optimization), providers)
             for name in COMPONENTS
         )
-        self.shared_weights: list[str] = []
+        self.merged_decoders = True  # one decoder graph serves the prefill and the steps
         self.step_takes_embeds = False
         self.embed_table = None
         self.conv_frontend.require({"input_features"}, {"conv_output"})

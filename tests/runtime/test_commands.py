@@ -77,6 +77,7 @@ def test_bench_reports_and_writes_json(
     for key in ("encoder_ms", "decoder_init_ms", "decoder_step_ms", "end_to_end_ms", "rtf"):
         assert data[key] > 0
     assert data["peak_rss_mb"] >= data["rss_after_load_mb"] > 0
+    assert data["decoder_sessions"] == (2 if separate else 1)
 
 
 def test_bench_rejects_bad_options(make_bundle: MakeBundle, tmp_path: Path) -> None:
