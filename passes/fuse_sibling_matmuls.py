@@ -14,21 +14,31 @@ constant, one Add as the MatMul's only consumer). The concatenated weights are n
 initializers named after the first weight, computed when first read (``ir.LazyTensor``: when a
 later pass quantizes them or the bundle is saved; the sources' mapped pages are let go after
 each read), so packing a decoder never holds a copy of it in memory; the old ones are dropped
-when nothing else reads them. Identical packs in decoder_init and decoder_step stay identical,
-so ``share-weights`` still stores them once. The packed MatMul lists the module scopes of the
-MatMuls it replaces in its ``qgraph.module_scopes`` metadata, so quantization roles and
-exclusions (``*.layers.0.*``) still see the q/k/v or gate/up it computes.
+when nothing else reads them (a use in any graph, subgraphs included, keeps them). Identical
+packs in decoder_init and decoder_step stay identical, so ``share-weights`` still stores them
+once. The packed MatMul lists the module scopes of the MatMuls it replaces in its
+``qgraph.module_scopes`` metadata, so quantization roles and exclusions (``*.layers.0.*``) still
+see the q/k/v or gate/up it computes.
 
-Does not fire (``skipped:<reason>``): a sibling's result is a graph output; the weights differ
-in element type. A single MatMul on an input, and MatMuls by non-constant or non-2-D weights
-(attention's q @ k^T), are left alone; when only some siblings have a bias Add, the MatMuls are
-packed and the Adds stay.
-Scope: the main graph.
+Does not fire (``skipped:<reason>``): a sibling's result is a graph output (an ``If`` branch's
+output included); the weights differ in element type. A single MatMul on an input, and MatMuls
+by non-constant or non-2-D weights (attention's q @ k^T), and siblings whose input has no known
+rank of at least 2 (a branch value without shape information) are left alone; when only some
+siblings have a bias Add, the MatMuls are packed and the Adds stay. Siblings are MatMuls of one
+graph: MatMuls of the same input in two branches are not packed together.
+Scope: the main graph and its subgraphs. Inside an ``If`` branch (Whisper's
+``decoder_model_merged``) the siblings are packed in their branch; when their weights (or
+biases) are initializers of one graph, the packed initializer goes to that graph (the top-level
+graph for weights both branches read), and the same weights in the same order packed in another
+branch read that same initializer, so it is computed and stored once. Weights from Constant
+nodes or from several graphs are packed into the siblings' own graph. New values get names
+that are free in the whole model (a branch cannot shadow an outer-scope name).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 import onnx_ir as ir
@@ -46,7 +56,7 @@ def _weight(node: ir.Node) -> ir.TensorProtocol | None:
     return tensor if tensor is not None and len(tensor.shape) == 2 else None
 
 
-def _bias(node: ir.Node, width: int) -> tuple[ir.Node, np.ndarray] | None:
+def _bias(node: ir.Node, width: int) -> tuple[ir.Node, ir.Value, np.ndarray] | None:
     """The bias Add that is the MatMul's only consumer, with its 1-D constant of ``width``."""
     users = list(node.outputs[0].uses())
     if len(users) != 1 or node.outputs[0].is_graph_output():
@@ -56,7 +66,7 @@ def _bias(node: ir.Node, width: int) -> tuple[ir.Node, np.ndarray] | None:
         return None
     other = add.inputs[1 - users[0][1]]
     arr = const_array(other)
-    return (add, arr) if arr is not None and arr.shape == (width,) else None
+    return (add, other, arr) if arr is not None and arr.shape == (width,) else None
 
 
 def _side_by_side(tensors: list[ir.TensorProtocol], name: str) -> ir.LazyTensor:
@@ -73,12 +83,23 @@ def _side_by_side(tensors: list[ir.TensorProtocol], name: str) -> ir.LazyTensor:
     return ir.LazyTensor(compute, dtype=tensors[0].dtype, shape=shape, name=name)
 
 
-def _initializer(graph: ir.Graph, name: str, tensor: ir.TensorProtocol) -> ir.Value:
-    value = ir.Value(
-        name=name, type=ir.TensorType(tensor.dtype), shape=tensor.shape, const_value=tensor
-    )
-    graph.register_initializer(value)
-    return value
+def _home(sources: list[ir.Value], graph: ir.Graph) -> ir.Graph:
+    """The graph whose initializers all ``sources`` are, else ``graph`` (the siblings' own)."""
+    homes = {v.graph for v in sources if v.is_initializer()}
+    if len(homes) == 1 and all(v.is_initializer() for v in sources):
+        return homes.pop()
+    return graph
+
+
+def _value_names(model: ir.Model) -> set[str]:
+    """Every value name of the model: inputs, initializers and node outputs of every graph."""
+    names: set[str] = set()
+    for graph in model.graphs():
+        names.update(v.name for v in graph.inputs if v.name)
+        names.update(graph.initializers)
+        for node in graph:
+            names.update(v.name for v in node.outputs if v.name)
+    return names
 
 
 class FuseSiblingMatMuls(GraphPass):
@@ -91,13 +112,13 @@ class FuseSiblingMatMuls(GraphPass):
     tolerance = Tolerance(atol=1e-5, rtol=1e-4)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        graph = model.graph
-        groups: dict[ir.Value, list[ir.Node]] = defaultdict(list)
-        for node in graph:
+        groups: dict[tuple[ir.Graph, ir.Value], list[ir.Node]] = defaultdict(list)
+        for node in model.graph.all_nodes():
             if _weight(node) is not None:
-                groups[node.inputs[0]].append(node)
+                groups[(node.graph, node.inputs[0])].append(node)
+        packer = _Packer(model)
         fused = 0
-        for x, nodes in groups.items():
+        for (graph, x), nodes in groups.items():
             if len(nodes) < 2 or rank(x) is None or rank(x) < 2:
                 continue
             if any(n.outputs[0].is_graph_output() for n in nodes):
@@ -106,30 +127,105 @@ class FuseSiblingMatMuls(GraphPass):
             if len({_weight(n).dtype for n in nodes}) > 1:
                 self.count("skipped:weights differ in element type")
                 continue
-            self._pack(graph, x, nodes)
+            packer.pack(graph, nodes)
             fused += 1
         if fused:
             self.count("fused", fused)
-            remove_dead(model)
+            remove_dead(model)  # drops unused top-level initializers; uses in branches count
+            packer.drop_unused_sources()
         return ir.passes.PassResult(model, bool(fused))
 
-    def _pack(self, graph: ir.Graph, x: ir.Value, nodes: list[ir.Node]) -> None:
+
+class _Packer:
+    """Packs sibling groups of one model; each set of source constants is packed once."""
+
+    def __init__(self, model: ir.Model) -> None:
+        self.model = model
+        self.names: set[str] | None = None
+        self.packed: dict[tuple[ir.Value, ...], ir.Value] = {}
+        self.sources: list[ir.Value] = []
+
+    def fresh(self, base: str) -> str:
+        """``base``, or ``base`` with a numeric suffix, unused by any value of the model."""
+        if self.names is None:
+            self.names = _value_names(self.model)
+        name, i = base, 1
+        while name in self.names:
+            name, i = f"{base}_{i}", i + 1
+        self.names.add(name)
+        return name
+
+    def initializer(
+        self,
+        key: tuple[ir.Value, ...],
+        home: ir.Graph,
+        base: str,
+        make: Callable[[str], ir.TensorProtocol],
+    ) -> ir.Value:
+        """The packed initializer of the sources ``key``, registered in ``home`` once."""
+        if key in self.packed:
+            return self.packed[key]
+        name = self.fresh(base)
+        tensor = make(name)
+        value = ir.Value(
+            name=name, type=ir.TensorType(tensor.dtype), shape=tensor.shape, const_value=tensor
+        )
+        home.register_initializer(value)
+        self.packed[key] = value
+        return value
+
+    def pack(self, graph: ir.Graph, nodes: list[ir.Node]) -> None:
+        """Replace the siblings ``nodes`` of ``graph`` by one MatMul (+ Add) and a Split."""
+        x = nodes[0].inputs[0]  # a group packed before may have re-pointed it
+        sources = [n.inputs[1] for n in nodes]
         weights = [_weight(n) for n in nodes]
         widths = [w.shape[1] for w in weights]
         biases = [_bias(n, w) for n, w in zip(nodes, widths, strict=True)]
         with_bias = all(b is not None for b in biases)
+        packed = self.initializer(
+            tuple(sources),
+            _home(sources, graph),
+            f"{sources[0].name}.packed{len(nodes)}",
+            lambda name: _side_by_side(weights, name),
+        )
+        self.sources += sources
         b = Builder()
-        name = f"{nodes[0].inputs[1].name}.packed{len(nodes)}"
-        y = b.one("MatMul", [x, _initializer(graph, name, _side_by_side(weights, name))])
+        y = b.one("MatMul", [x, packed])
         scopes = [scope for n in nodes for scope in module_scopes(n)]
         if scopes:
             y.producer().metadata_props[SCOPES_KEY] = ",".join(scopes)
+        olds = [n.outputs[0] for n in nodes]
         if with_bias:
-            bias = np.concatenate([arr for _, arr in biases])
-            y = b.one("Add", [y, _initializer(graph, f"{name}.bias", ir.tensor(bias))])
+            values = [v for _, v, _ in biases]
+            arr = np.concatenate([a for _, _, a in biases])
+            bias = self.initializer(
+                (packed, *values),
+                _home(values, graph),
+                f"{packed.name}.bias",
+                lambda name: ir.tensor(arr, name=name),
+            )
+            self.sources += values
+            y = b.one("Add", [y, bias])
+            olds = [add.outputs[0] for add, _, _ in biases]
         parts = b.op("Split", [y, b.ints(widths)], axis=-1, outputs=len(nodes))
-        olds = [add.outputs[0] for add, _ in biases] if with_bias else [n.outputs[0] for n in nodes]
+        for node in b.nodes:  # named here: a branch's own namer does not see the outer names
+            for out in node.outputs:
+                out.name = self.fresh(f"{packed.name}/{node.op_type}")
         first = next(n for n in graph if n in set(nodes))
         b.commit(graph, first)
         for old, new in zip(olds, parts, strict=True):
             take_over(graph, old, new)
+
+    def drop_unused_sources(self) -> None:
+        """Source initializers of subgraphs that nothing reads any more (``remove_dead`` only
+        drops the main graph's)."""
+        for value in self.sources:
+            home = value.graph
+            if (
+                value.is_initializer()
+                and not value.uses()
+                and not value.is_graph_output()
+                and not value.is_graph_input()
+                and home.initializers.get(value.name) is value
+            ):
+                home.initializers.pop(value.name)

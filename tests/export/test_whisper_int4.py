@@ -44,7 +44,8 @@ def test_merged_decoder_is_int4_in_both_branches(bundles) -> None:
         ]
         assert not const_matmuls, branch
         ops = [n.op_type for n in graph]
-        assert ops.count("MatMulNBits") >= 17 and "GatherBlockQuantized" in ops, branch
+        # 2 layers x 8 projections + lm_head, q/k/v (and cross k/v) packed by fuse-sibling-matmuls
+        assert ops.count("MatMulNBits") >= 13 and "GatherBlockQuantized" in ops, branch
     packed = {n: v for n, v in model.graph.initializers.items() if n.endswith("_Q4")}
     assert "lm_head.weight_Q4" in packed
     fp32_mats = {

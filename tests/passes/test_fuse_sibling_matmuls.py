@@ -1,10 +1,13 @@
+import numpy as np
 import onnx_ir as ir
 import pytest
 
+from qgraph.instruments import verify
 from qgraph.passes._roles import SCOPES_KEY, role_of
 from qgraph.passes.fuse_sibling_matmuls import FuseSiblingMatMuls
 from qgraph.passes.quantize_int4 import QuantizeMatMulNBits
-from qgraph.testing import check_pass, op_types
+from qgraph.testing import check_pass, model_from_text, op_types
+from tests.passes.bundles import as_initializers, branch_feeds
 
 
 def weights(rows: int, cols: int) -> str:
@@ -46,8 +49,6 @@ EXPOSED = GATE_UP.replace("=> (float[10,24] y)", "=> (float[10,24] y, float[10,2
 
 def as_weights(model, names):
     """Graph inputs ``names`` -> random initializers (what an exporter stores)."""
-    import numpy as np
-
     rng = np.random.default_rng(0)
     for name in names:
         value = next(v for v in model.graph.inputs if v.name == name)
@@ -88,8 +89,6 @@ def test_tiny(tiny_component, component, fused):
 
 
 def test_does_not_fire_on_mixed_element_types(typed):
-    import numpy as np
-
     model = as_weights(typed(GATE_UP), ["wg", "wu"])
     wu = model.graph.initializers["wu"]
     wu.const_value = ir.tensor(wu.const_value.numpy().astype(np.float16))
@@ -113,3 +112,246 @@ def test_packed_weight_is_computed_when_read_and_keeps_module_scopes(tiny_compon
     assert any(".layers.0.self_attn.q_proj" in s for s in fp32)
     assert any(".layers.0.mlp.gate_proj" in s for s in fp32)
     assert not any(".layers.1." in s for s in fp32)
+
+
+# -- inside If branches (Whisper's decoder_model_merged) ------------------------------------------
+QKV_BRANCHES = """
+<ir_version: 10, opset_import: ["" : 18]>
+g (bool[1] use_cache_branch, float[2,5,16] x) => (float[2,5,8] y) {
+    y = If (use_cache_branch) <
+        then_branch = with_past () => (float[2,5,8] t_y) {
+            t_q = MatMul (x, Wq)
+            t_k = MatMul (x, Wk)
+            t_v = MatMul (x, Wv)
+            t_kv = Concat <axis = -1> (t_k, t_v)
+            t_y = Mul (t_q, t_kv)
+        },
+        else_branch = no_past () => (float[2,5,8] e_y) <float[2,5,16] e_h> {
+            e_h = Tanh (x)
+            e_q = MatMul (e_h, Wq)
+            e_k = MatMul (e_h, Wk)
+            e_v = MatMul (e_h, Wv)
+            e_kv = Concat <axis = -1> (e_k, e_v)
+            e_y = Add (e_q, e_kv)
+        }
+    >
+}
+"""
+"""q/k/v on the top-level weights ``Wq``, ``Wk``, ``Wv`` in both branches (same order); the
+else-branch's ``e_h`` has a value_info, as an exporter's shape inference gives (a sibling input
+of unknown rank is left alone)."""
+
+QKV_BIAS_BRANCHES = (
+    QKV_BRANCHES.replace("t_q = MatMul (x, Wq)", "t_mq = MatMul (x, Wq)\n t_q = Add (t_mq, bq)")
+    .replace("t_v = MatMul (x, Wv)", "t_mv = MatMul (x, Wv)\n t_v = Add (bv, t_mv)")
+    .replace("t_k = MatMul (x, Wk)", "t_mk = MatMul (x, Wk)\n t_k = Add (t_mk, bk)")
+    .replace("e_q = MatMul (e_h, Wq)", "e_mq = MatMul (e_h, Wq)\n e_q = Add (e_mq, bq)")
+    .replace("e_k = MatMul (e_h, Wk)", "e_mk = MatMul (e_h, Wk)\n e_k = Add (e_mk, bk)")
+    .replace("e_v = MatMul (e_h, Wv)", "e_mv = MatMul (e_h, Wv)\n e_v = Add (e_mv, bv)")
+)
+
+EXPOSED_BRANCHES = """
+<ir_version: 10, opset_import: ["" : 18]>
+g (bool[1] use_cache_branch, float[2,5,16] x) => (float[2,5,8] q, float[2,5,4] k) {
+    q, k = If (use_cache_branch) <
+        then_branch = with_past () => (float[2,5,8] t_q, float[2,5,4] t_k) {
+            t_q = MatMul (x, Wq)
+            t_k = MatMul (x, Wk)
+        },
+        else_branch = no_past () => (float[2,5,8] e_q, float[2,5,4] e_k) <float[2,5,16] e_h> {
+            e_h = Tanh (x)
+            e_q = MatMul (e_h, Wq)
+            e_m = MatMul (e_h, Wk)
+            e_k = Neg (e_m)
+        }
+    >
+}
+"""
+"""Sibling results that are branch outputs (then: both; else: ``e_q``)."""
+
+SHAPES = {"Wq": (16, 8), "Wk": (16, 4), "Wv": (16, 4), "bq": (8,), "bk": (4,), "bv": (4,)}
+
+
+def outer_weights(text: str) -> ir.Model:
+    """``text`` with top-level initializers for the names of ``SHAPES`` it reads."""
+    rng = np.random.default_rng(0)
+    used = [n for n in SHAPES if f" {n})" in text or f"({n}," in text]
+    signature = ", ".join(f"float[{','.join(map(str, SHAPES[n]))}] {n}" for n in used)
+    text = text.replace("float[2,5,16] x)", f"float[2,5,16] x, {signature})", 1)
+    arrays = {n: (rng.standard_normal(SHAPES[n]) / 4).astype(np.float32) for n in used}
+    return as_initializers(model_from_text(text), arrays)
+
+
+def branches(model: ir.Model) -> list[ir.Graph]:
+    (node,) = [n for n in model.graph if n.op_type == "If"]
+    return [node.attributes[b].as_graph() for b in ("then_branch", "else_branch")]
+
+
+def check_both_branches(model: ir.Model, expect_modified: bool = True):
+    """``check_pass`` with ``use_cache_branch`` true, then the else-branch outputs compared."""
+    p = FuseSiblingMatMuls()
+    check = check_pass(
+        p, model, feeds=branch_feeds(model, use_cache=True), expect_modified=expect_modified
+    )
+    feeds = branch_feeds(model, use_cache=False)
+    before, after = verify.run_model(check.before, feeds), verify.run_model(model, feeds)
+    assert not verify.compare(before, after, p.tolerance)
+    return check
+
+
+@pytest.mark.parametrize("text", [QKV_BRANCHES, QKV_BIAS_BRANCHES], ids=["qkv", "qkv-bias"])
+def test_branches_share_one_packed_weight(text):
+    model = outer_weights(text)
+    check = check_both_branches(model)
+    assert check.stats == {"fused": 2}
+    then_g, else_g = branches(model)
+    for graph in (then_g, else_g):
+        ops = [n.op_type for n in graph]
+        assert ops.count("MatMul") == 1 and ops.count("Split") == 1, ops
+        assert not graph.initializers
+    (t_mm,) = [n for n in then_g if n.op_type == "MatMul"]
+    (e_mm,) = [n for n in else_g if n.op_type == "MatMul"]
+    packed = model.graph.initializers["Wq.packed3"]
+    assert t_mm.inputs[1] is e_mm.inputs[1] is packed  # packed once, read by both branches
+    assert isinstance(packed.const_value, ir.LazyTensor)
+    expected = ["Wq.packed3"]
+    if text is QKV_BIAS_BRANCHES:
+        (t_add,) = [n for n in then_g if n.op_type == "Add"]
+        (e_add,) = [n for n in else_g if n.op_type == "Add" and n.inputs[0] is e_mm.outputs[0]]
+        assert t_add.inputs[1] is e_add.inputs[1] is model.graph.initializers["Wq.packed3.bias"]
+        expected.append("Wq.packed3.bias")
+    assert sorted(model.graph.initializers) == expected  # the old weights are gone
+
+
+def test_branches_packing_other_orders_get_their_own_names():
+    """q/v/k in the else-branch is another pack (another column order): its own free name."""
+    model = outer_weights(
+        QKV_BRANCHES.replace("e_k = MatMul (e_h, Wk)\n", "").replace(
+            "e_v = MatMul (e_h, Wv)", "e_v = MatMul (e_h, Wv)\n            e_k = MatMul (e_h, Wk)"
+        )
+    )
+    check_both_branches(model)
+    then_g, else_g = branches(model)
+    (t_mm,) = [n for n in then_g if n.op_type == "MatMul"]
+    (e_mm,) = [n for n in else_g if n.op_type == "MatMul"]
+    assert (t_mm.inputs[1].name, e_mm.inputs[1].name) == ("Wq.packed3", "Wq.packed3_1")
+    assert sorted(model.graph.initializers) == ["Wq.packed3", "Wq.packed3_1"]
+
+
+def test_does_not_fire_when_a_result_is_a_branch_output():
+    model = outer_weights(EXPOSED_BRANCHES)
+    check = check_both_branches(model, expect_modified=False)
+    assert check.stats == {"skipped:a sibling result is a graph output": 2}
+
+
+def test_weights_the_other_branch_reads_alone_are_kept():
+    """Packed in the then-branch, read by single MatMuls in the else-branch: kept for them."""
+    text = QKV_BRANCHES.replace("e_k = MatMul (e_h, Wk)\n", "").replace(
+        "e_v = MatMul (e_h, Wv)", "e_v = MatMul (x, Wv)\n            e_k = Neg (e_v)"
+    )
+    model = outer_weights(text)
+    check = check_both_branches(model)
+    assert check.stats == {"fused": 1}
+    then_g, else_g = branches(model)
+    assert [n.op_type for n in then_g].count("MatMul") == 1
+    assert [n.inputs[1].name for n in else_g if n.op_type == "MatMul"] == ["Wq", "Wv"]
+    assert sorted(model.graph.initializers) == ["Wq", "Wq.packed3", "Wv"]  # Wk is gone
+
+
+@pytest.fixture(scope="module")
+def whisper_raw(tmp_path_factory: pytest.TempPathFactory):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tests.export.whisper_bundles import tiny_whisper
+
+    return tiny_whisper(tmp_path_factory)
+
+
+ATTN = {"self_attn": "qkv", "encoder_attn": "kv"}
+"""The Whisper projections packed in the merged decoder (per layer; cross-attention q stays)."""
+
+
+def test_whisper_merged_decoder_branches_share_packed_qkv(whisper_raw):
+    from qgraph.bundle import Bundle
+
+    model = Bundle.load(whisper_raw).components["decoder_model_merged"]
+    ir.external_data.load_to_model(model)
+    feeds = verify.sample_inputs(model)
+    for use_cache in (True, False):
+        feeds["use_cache_branch"] = np.array([use_cache])
+        if use_cache:
+            check = check_pass(FuseSiblingMatMuls(), model, feeds=feeds)
+        else:
+            before, after = verify.run_model(check.before, feeds), verify.run_model(model, feeds)
+            assert not verify.compare(before, after, FuseSiblingMatMuls.tolerance)
+    # self-attention q/k/v of 2 layers in both branches, cross-attention k/v in the no-past one
+    assert check.stats == {"fused": 5}
+    packed = {}
+    for graph in branches(model):
+        for node in graph:
+            scopes = node.metadata_props.get(SCOPES_KEY, "")
+            if node.op_type == "MatMul" and "self_attn" in scopes:
+                packed.setdefault(node.inputs[1], []).append(sorted(scopes.split(",")))
+    assert len(packed) == 2  # one packed q/k/v per layer, read by both branches
+    for value, (then_scopes, else_scopes) in packed.items():
+        assert model.graph.initializers[value.name] is value
+        assert then_scopes == else_scopes
+        assert [s.rsplit(".", 1)[1] for s in then_scopes] == ["k_proj", "q_proj", "v_proj"]
+    gone = [f".{i}.{a}.{p}_proj.weight.T" for i in "01" for a, ps in ATTN.items() for p in ps]
+    assert not [n for n in model.graph.initializers if n.endswith(tuple(gone))]
+
+
+def test_whisper_int4_after_packing_decodes(whisper_raw, tmp_path):
+    from qgraph.bundle import Bundle
+    from qgraph.cli import main
+    from qgraph.examples import example_audio
+    from qgraph.runtime.audio import load_audio
+    from qgraph.runtime.whisper import WhisperSession
+
+    out = tmp_path / "int4"
+    spec = "fp32,quantize-int4{block_size=32}"
+    assert main(["compile", str(whisper_raw), "-o", str(out), "--passes", spec]) == 0
+    model = Bundle.load(out).components["decoder_model_merged"]
+    reads: dict[str, int] = {}
+    for graph in branches(model):
+        assert not [
+            n for n in graph if n.op_type == "MatMul" and n.inputs[1].const_value is not None
+        ]
+        for node in graph:
+            if node.op_type == "MatMulNBits" and "self_attn.q_proj" in node.metadata_props.get(
+                SCOPES_KEY, ""
+            ):
+                reads[node.inputs[1].name] = reads.get(node.inputs[1].name, 0) + 1
+    assert len(reads) == 2 and set(reads.values()) == {2}, reads  # int4 packed q/k/v, shared
+    assert all(model.graph.initializers[name] for name in reads)
+    session = WhisperSession(out)
+    hidden = session.encode(session.features(load_audio(example_audio())))
+    prompt = session.prompt()
+    tokens, _ = session.generate(hidden, prompt, 8, stop_on_eos=False)
+    assert len(tokens) == 8  # random tiny weights: the tokens mean nothing
+    _, past = session.decode(prompt, hidden, None)
+    cached, _ = session.decode(tokens[:1], hidden, past)
+    full, _ = session.decode([*prompt, tokens[0]], hidden, None)
+    np.testing.assert_allclose(cached, full, atol=1e-3)  # both branches agree
+
+
+def test_weights_of_the_branch_itself_are_packed_there():
+    """Initializers of a branch: the packed weight is the branch's, the sources are dropped."""
+    model = outer_weights(QKV_BRANCHES)
+    then_g, else_g = branches(model)
+    for node in [n for n in then_g if n.op_type == "MatMul"]:
+        w = node.inputs[1]
+        name = f"t_{w.name}"
+        own = ir.Value(
+            name=name,
+            type=w.type,
+            shape=w.shape,
+            const_value=ir.tensor(w.const_value.numpy(), name=name),
+        )
+        then_g.register_initializer(own)
+        node.replace_input_with(1, own)
+    check = check_both_branches(model)
+    assert check.stats == {"fused": 2}
+    assert sorted(then_g.initializers) == ["t_Wq.packed3"]
+    assert sorted(model.graph.initializers) == ["Wq.packed3"]  # the else-branch's pack
+    assert not else_g.initializers
