@@ -41,6 +41,7 @@ from qgraph.runtime.files import (
 )
 from qgraph.runtime.mel import log_mel
 from qgraph.runtime.merged import USE_CACHE, merge_decoders
+from qgraph.runtime.ort import Component, session_options
 from qgraph.runtime.prompt import (
     SpecialTokens,
     build_prompt_ids,
@@ -55,17 +56,6 @@ __all__ = ["AsrSession", "Timings", "Transcript", "default_max_tokens", "transcr
 logger = logging.getLogger(__name__)
 
 COMPONENTS = ("encoder", "decoder_init", "decoder_step")
-
-_ORT_TYPES: dict[str, np.dtype] = {
-    "tensor(float)": np.dtype(np.float32),
-    "tensor(float16)": np.dtype(np.float16),
-    "tensor(double)": np.dtype(np.float64),
-    "tensor(int64)": np.dtype(np.int64),
-    "tensor(int32)": np.dtype(np.int32),
-    "tensor(bool)": np.dtype(np.bool_),
-}
-
-_OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
 def default_max_tokens(audio_seconds: float) -> int:
@@ -144,60 +134,11 @@ class Transcript:
         }
 
 
-class _Component:
-    """One ORT session with its declared input element types and output names."""
-
-    def __init__(
-        self, name: str, path: Path, options: Any, providers: list[str], model: bytes | None = None
-    ) -> None:
-        """Load ``path``, or the serialised ``model`` (its external data beside ``path``)."""
-        import onnxruntime as ort
-
-        self.name = name
-        self.path = path
-        if model is not None:
-            options.add_session_config_entry(
-                "session.model_external_initializers_file_folder_path", str(path.parent)
-            )
-        try:
-            self.session = ort.InferenceSession(
-                model if model is not None else str(path), sess_options=options, providers=providers
-            )
-        except Exception as err:  # ORT raises its own Fail/InvalidGraph/... types
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise BundleError(f"{path}: ONNX Runtime cannot load {name} ({first[:300]})") from None
-        self.input_types: dict[str, np.dtype] = {}
-        self.input_shapes: dict[str, list[int | str | None]] = {}
-        for value in self.session.get_inputs():
-            if value.type not in _ORT_TYPES:
-                raise BundleError(f"{path}: input {value.name} has unsupported type {value.type}")
-            self.input_types[value.name] = _ORT_TYPES[value.type]
-            self.input_shapes[value.name] = list(value.shape)
-        self.output_names = [value.name for value in self.session.get_outputs()]
-
-    def require(self, inputs: set[str], outputs: set[str]) -> None:
-        missing_in = sorted(inputs - set(self.input_types))
-        extra_in = sorted(set(self.input_types) - inputs)
-        missing_out = sorted(outputs - set(self.output_names))
-        if missing_in or extra_in or missing_out:
-            raise BundleError(
-                f"{self.path}: {self.name} does not follow the qwen3-asr I/O contract "
-                f"(missing inputs {missing_in}, unexpected inputs {extra_in}, "
-                f"missing outputs {missing_out})"
-            )
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cast = {
-            name: np.asarray(value, dtype=self.input_types[name]) for name, value in feeds.items()
-        }
-        return dict(zip(self.output_names, self.session.run(None, cast), strict=True))
-
-
-class _Branch(_Component):
+class _Branch(Component):
     """decoder_init or decoder_step as a branch of the merged decoder session: the same API,
     ``run`` fills ``use_cache_branch`` and the other branch's inputs (empty tensors)."""
 
-    def __init__(self, name: str, path: Path, merged: _Component, own: list[str], step: bool):
+    def __init__(self, name: str, path: Path, merged: Component, own: list[str], step: bool):
         self.name, self.path, self.session = name, path, merged.session
         self.input_types = {n: merged.input_types[n] for n in own}
         self.input_shapes = {n: merged.input_shapes[n] for n in own}
@@ -230,7 +171,7 @@ def _open_merged(
     if model is None:
         return None
     try:
-        merged = _Component(
+        merged = Component(
             "decoder", step_path, options, providers, model=model.SerializeToString()
         )
     except BundleError as err:
@@ -242,30 +183,6 @@ def _open_merged(
         _Branch("decoder_init", init_path, merged, init_inputs, step=False),
         _Branch("decoder_step", step_path, merged, step_inputs, step=True),
     )
-
-
-def _session_options(threads: int | None, optimization: str) -> Any:
-    import onnxruntime as ort
-
-    if optimization not in _OPT_LEVELS:
-        raise RuntimeInputError(
-            f"unknown graph optimization level {optimization!r}; use one of {list(_OPT_LEVELS)}"
-        )
-    options = ort.SessionOptions()
-    if threads is not None:
-        if threads < 1:
-            raise RuntimeInputError(f"threads must be >= 1, got {threads}")
-        options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[optimization]
-    options.log_severity_level = 3
-    return options
 
 
 class AsrSession:
@@ -316,15 +233,15 @@ class AsrSession:
         paths = {name: component_path(self.bundle_dir, name) for name in COMPONENTS}
 
         def options() -> Any:
-            return _session_options(threads, optimization)
+            return session_options(threads, optimization)
 
-        self.encoder = _Component("encoder", paths["encoder"], options(), providers)
+        self.encoder = Component("encoder", paths["encoder"], options(), providers)
         merged = _open_merged(paths, options(), providers) if share_weights else None
         if merged is None:
-            self.decoder_init = _Component(
+            self.decoder_init = Component(
                 "decoder_init", paths["decoder_init"], options(), providers
             )
-            self.decoder_step = _Component(
+            self.decoder_step = Component(
                 "decoder_step", paths["decoder_step"], options(), providers
             )
         else:

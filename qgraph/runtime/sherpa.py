@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from qgraph.errors import BundleError, RuntimeInputError
-from qgraph.runtime.decode import AsrSession, _Component, _session_options
+from qgraph.runtime.decode import AsrSession
 from qgraph.runtime.files import component_path
+from qgraph.runtime.ort import Component, session_options
 from qgraph.runtime.prompt import n_audio_tokens
 
 __all__ = ["FAMILY", "SherpaSession", "is_sherpa_bundle"]
@@ -67,7 +68,7 @@ class SherpaSession(AsrSession):
         del share_weights  # one decoder graph: nothing to share
         paths = {name: component_path(self.bundle_dir, name) for name in COMPONENTS}
         self.conv_frontend, self.encoder, self.decoder = (
-            _Component(name, paths[name], _session_options(threads, optimization), providers)
+            Component(name, paths[name], session_options(threads, optimization), providers)
             for name in COMPONENTS
         )
         self.merged_decoders = True  # one decoder graph serves the prefill and the steps

@@ -31,9 +31,10 @@ import numpy as np
 from qgraph.errors import BundleError, RuntimeInputError
 from qgraph.runtime.audio import SAMPLE_RATE, load_audio
 from qgraph.runtime.bench import BenchResult, bench_audio, peak_rss_bytes
-from qgraph.runtime.decode import Timings, Transcript, _session_options
+from qgraph.runtime.decode import Timings, Transcript
 from qgraph.runtime.files import component_path, load_tokenizer, read_config
 from qgraph.runtime.mel import log_mel
+from qgraph.runtime.ort import Component, session_options
 from qgraph.runtime.prompt import LANGUAGES
 
 __all__ = ["FAMILY", "WhisperSession", "bench_whisper", "is_whisper_bundle"]
@@ -42,13 +43,6 @@ logger = logging.getLogger(__name__)
 
 FAMILY = "whisper"
 ENCODER, DECODER = "encoder_model", "decoder_model_merged"
-_NP_TYPES = {
-    "tensor(float)": np.float32,
-    "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-    "tensor(bool)": np.bool_,
-}
 
 
 def is_whisper_bundle(bundle_dir: str | os.PathLike[str]) -> bool:
@@ -78,31 +72,15 @@ def _json(root: Path, name: str, required: bool) -> dict[str, Any]:
     return data
 
 
-class _Session:
-    """One ORT session with its input element types and output names."""
-
-    def __init__(self, root: Path, name: str, options: Any, providers: list[str]) -> None:
-        import onnxruntime as ort
-
-        try:
-            path = component_path(root, name)
-        except BundleError:
-            path = root / "onnx" / f"{name}.onnx"
-            if not path.is_file():
-                raise
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as err:  # ORT raises its own Fail/InvalidGraph/... types
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise BundleError(f"{path}: ONNX Runtime cannot load {name} ({first[:300]})") from None
-        self.inputs = {v.name: v for v in self.session.get_inputs()}
-        self.types = {n: _NP_TYPES.get(v.type) for n, v in self.inputs.items()}
-        self.outputs = [v.name for v in self.session.get_outputs()]
-        self.path = path
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        cast = {k: np.asarray(v, dtype=self.types[k]) for k, v in feeds.items()}
-        return dict(zip(self.outputs, self.session.run(None, cast), strict=True))
+def _component(root: Path, name: str, options: Any, providers: list[str]) -> Component:
+    """``name``'s session, from the manifest or ``onnx/NAME.onnx`` (the Transformers.js layout)."""
+    try:
+        path = component_path(root, name)
+    except BundleError:
+        path = root / "onnx" / f"{name}.onnx"
+        if not path.is_file():
+            raise
+    return Component(name, path, options, providers)
 
 
 class WhisperSession:
@@ -125,14 +103,14 @@ class WhisperSession:
         pre = _json(root, "preprocessor_config.json", required=False)
         self.tokenizer = load_tokenizer(root)
         providers = providers or ["CPUExecutionProvider"]
-        self.encoder = _Session(root, ENCODER, _session_options(threads, optimization), providers)
-        self.decoder = _Session(root, DECODER, _session_options(threads, optimization), providers)
+        self.encoder = _component(root, ENCODER, session_options(threads, optimization), providers)
+        self.decoder = _component(root, DECODER, session_options(threads, optimization), providers)
         required = {"input_ids", "encoder_hidden_states", "use_cache_branch"}
-        self.past_names = [n for n in self.decoder.inputs if n.startswith("past_key_values.")]
-        if len(self.encoder.inputs) != 1 or not required <= set(self.decoder.inputs):
+        self.past_names = [n for n in self.decoder.input_types if n.startswith("past_key_values.")]
+        if len(self.encoder.input_types) != 1 or not required <= set(self.decoder.input_types):
             raise BundleError(
                 f"{root}: not a Whisper encoder_model / decoder_model_merged pair "
-                f"(decoder inputs: {', '.join(self.decoder.inputs)})"
+                f"(decoder inputs: {', '.join(self.decoder.input_types)})"
             )
         try:
             eos = gen["eos_token_id"]
@@ -149,7 +127,7 @@ class WhisperSession:
         self.suppress = np.asarray(gen.get("suppress_tokens") or [], dtype=np.int64)
         self.begin_suppress = np.asarray(gen.get("begin_suppress_tokens") or [], dtype=np.int64)
         self.max_length = int(gen.get("max_length", self.config.get("max_target_positions", 448)))
-        mels = next(iter(self.encoder.inputs.values())).shape[1]
+        mels = next(iter(self.encoder.input_shapes.values()))[1]
         self.n_mels = mels if isinstance(mels, int) else int(pre.get("feature_size", 80))
         self.frames = int(pre.get("nb_max_frames", 3000))
         self.hop = int(pre.get("hop_length", 160))
@@ -166,12 +144,12 @@ class WhisperSession:
 
     def encode(self, mel: np.ndarray) -> np.ndarray:
         """``last_hidden_state [1, N, d]``."""
-        return next(iter(self.encoder.run({next(iter(self.encoder.inputs)): mel}).values()))
+        return next(iter(self.encoder.run({next(iter(self.encoder.input_types)): mel}).values()))
 
     def empty_past(self) -> dict[str, np.ndarray]:
         """Zero-length caches for the first decoder call."""
         return {
-            n: np.zeros((1, self.decoder.inputs[n].shape[1], 0, self.decoder.inputs[n].shape[3]))
+            n: np.zeros((1, self.decoder.input_shapes[n][1], 0, self.decoder.input_shapes[n][3]))
             for n in self.past_names
         }
 
