@@ -9,13 +9,17 @@ copied or serialised here). Dynamic dims get readable names (``qgraph.export.dim
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
+import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 
 import onnx_ir as ir
 import torch
 
+from qgraph.bundle import Bundle
 from qgraph.errors import ExportError
 from qgraph.export.dims import DimSpec, name_dims
 
@@ -55,6 +59,32 @@ def trace(
     name_dims(model, io)
     model.producer_name = producer
     return model
+
+
+logger = logging.getLogger(__name__)
+
+
+def trace_each(traces: Sequence[tuple[str, Callable[[], ir.Model]]]) -> dict[str, ir.Model]:
+    """Run each ``(name, trace)`` in order, logging progress and time; ``{name: model}``."""
+    models = {}
+    for i, (name, make) in enumerate(traces, 1):
+        start = time.perf_counter()
+        logger.info("[%d/%d] tracing %s", i, len(traces), name)
+        models[name] = make()
+        gc.collect()  # torch.export's leftovers, before the next trace
+        logger.info(
+            "[%d/%d] %s traced in %.1f s", i, len(traces), name, time.perf_counter() - start
+        )
+    return models
+
+
+def save_bundle(bundle: Bundle, out_dir: Path, overwrite: bool) -> Path:
+    """``bundle.save`` with a log line for the (long) write."""
+    start = time.perf_counter()
+    logger.info("writing %s", out_dir)
+    path = bundle.save(out_dir, overwrite=overwrite)
+    logger.info("wrote %s in %.1f s", path, time.perf_counter() - start)
+    return path
 
 
 def rename_initializer(model: ir.Model, old: str, new: str) -> None:

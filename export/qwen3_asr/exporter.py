@@ -9,9 +9,7 @@ Weights are never copied: the ONNX initializers point at the model's torch tenso
 
 from __future__ import annotations
 
-import gc
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import torch
 
 from qgraph.bundle import Bundle
 from qgraph.export import check_export_args
+from qgraph.export.tracing import save_bundle, trace_each
 
 from . import graphs, sidefiles
 from .configs import build_resolved, resolve_source
@@ -51,20 +50,11 @@ def export_qwen3_asr(
     logger.info("exporting %s at opset %d", description, opset)
 
     bundle = Bundle(family=FAMILY)
-    for i, (name, trace) in enumerate(COMPONENTS, 1):
-        start = time.perf_counter()
-        logger.info("[%d/%d] tracing %s", i, len(COMPONENTS), name)
-        bundle.add_component(name, trace(hf_model, opset))
-        gc.collect()
-        logger.info(
-            "[%d/%d] %s traced in %.1f s", i, len(COMPONENTS), name, time.perf_counter() - start
-        )
+    traces = [(name, lambda f=f: f(hf_model, opset)) for name, f in COMPONENTS]
+    for name, onnx_model in trace_each(traces).items():
+        bundle.add_component(name, onnx_model)
     bundle.write_json("config.json", sidefiles.config_json(hf_model, pad_id))
     bundle.write_json("preprocessor_config.json", sidefiles.preprocessor_config_json())
     bundle.side_files.update(tokenizer)
 
-    start = time.perf_counter()
-    logger.info("writing %s", out_dir)
-    path = bundle.save(out_dir, overwrite=overwrite)
-    logger.info("wrote %s in %.1f s", path, time.perf_counter() - start)
-    return path
+    return save_bundle(bundle, out_dir, overwrite)

@@ -36,10 +36,8 @@ contract.
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +51,12 @@ from qgraph.bundle import Bundle
 from qgraph.errors import ExportError
 from qgraph.export import check_export_args
 from qgraph.export.dims import DimSpec
-from qgraph.export.tracing import neg_mask, trace
+from qgraph.export.tracing import neg_mask, save_bundle, trace, trace_each
 
 from . import sidefiles
 from .configs import build_resolved, resolve_source
 from .graphs import EXAMPLE_FRAMES, PRODUCER, name_tied_embedding
-from .wrappers import EncoderWrapper, TextDecoder, repeat_kv, rms_norm, rotate_half
+from .wrappers import EncoderWrapper, TextDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -165,38 +163,9 @@ class SherpaDecoderWrapper(TextDecoder):
         for i, layer in enumerate(self.model.language_model.layers):
             past_k = cache[2 * i][:, :past_len].transpose(1, 2)
             past_v = cache[2 * i + 1][:, :past_len].transpose(1, 2)
-            h, k, v = self._layer(layer, h, rope, mask, past_k, past_v)
+            h, k, v = self.layer(layer, h, rope, mask, (past_k, past_v), new_kv=True)
             deltas += [k.transpose(1, 2), v.transpose(1, 2)]
         return (self.head(h), *deltas)
-
-    def _layer(
-        self,
-        layer: nn.Module,
-        h: torch.Tensor,
-        rope: tuple[torch.Tensor, ...],
-        mask: torch.Tensor,
-        past_k: torch.Tensor,
-        past_v: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One Qwen3 layer over ``past + new`` keys; returns hidden states and the new K/V."""
-        attn = layer.self_attn
-        cos, sin = rope
-        batch, seq, _ = h.shape
-        x = rms_norm(layer.input_layernorm, h)
-        shape = (batch, seq, -1, self.head_dim)
-        q = rms_norm(attn.q_norm, attn.q_proj(x).view(shape)).transpose(1, 2)
-        k = rms_norm(attn.k_norm, attn.k_proj(x).view(shape)).transpose(1, 2)
-        v = attn.v_proj(x).view(shape).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        k_all = repeat_kv(torch.cat((past_k, k), dim=2), self.groups)
-        v_all = repeat_kv(torch.cat((past_v, v), dim=2), self.groups)
-        scores = torch.matmul(q, k_all.transpose(2, 3)) * attn.scaling + mask
-        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        out = torch.matmul(probs, v_all).transpose(1, 2).reshape(batch, seq, -1)
-        h = h + attn.o_proj(out)
-        h = h + layer.mlp(rms_norm(layer.post_attention_layernorm, h))
-        return h, k, v
 
 
 # -- tracing -------------------------------------------------------------------------------------
@@ -379,22 +348,12 @@ def export_sherpa(
         lambda: export_encoder(hf_model, opset),
         lambda: export_decoder(hf_model, opset, max_total_len),
     )
-    for i, (name, make) in enumerate(zip(COMPONENTS, traces, strict=True), 1):
-        start = time.perf_counter()
-        logger.info("[%d/%d] tracing %s", i, len(COMPONENTS), name)
-        bundle.add_component(name, make())
-        gc.collect()
-        logger.info(
-            "[%d/%d] %s traced in %.1f s", i, len(COMPONENTS), name, time.perf_counter() - start
-        )
+    for name, onnx_model in trace_each(list(zip(COMPONENTS, traces, strict=True))).items():
+        bundle.add_component(name, onnx_model)
     config = sidefiles.config_json(hf_model, pad_id)
     config["layout"] = {"name": "sherpa-onnx", "max_total_len": max_total_len}
     bundle.write_json("config.json", config)
     bundle.side_files["tokenizer.json"] = tokenizer["tokenizer.json"]
     bundle.side_files.update(sherpa_tok)
 
-    start = time.perf_counter()
-    logger.info("writing %s", out_dir)
-    path = bundle.save(out_dir, overwrite=overwrite)
-    logger.info("wrote %s in %.1f s", path, time.perf_counter() - start)
-    return path
+    return save_bundle(bundle, out_dir, overwrite)

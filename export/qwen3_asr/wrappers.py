@@ -159,8 +159,10 @@ class TextDecoder(nn.Module):
         rope: tuple[torch.Tensor, ...],
         mask: torch.Tensor | None,
         past: tuple[torch.Tensor, torch.Tensor] | None,
+        new_kv: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One Qwen3 decoder layer; returns the new hidden states and the layer's full K/V."""
+        """One Qwen3 decoder layer; returns the new hidden states and the layer's K/V: past and
+        new (the present cache), or only the new rows with ``new_kv`` (sherpa's deltas)."""
         attn = layer.self_attn
         cos, sin = rope
         batch, seq, _ = h.shape
@@ -171,6 +173,7 @@ class TextDecoder(nn.Module):
         v = attn.v_proj(x).view(shape).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
+        new_k, new_v = k, v
         if past is not None:
             k = torch.cat((past[0], k), dim=2)
             v = torch.cat((past[1], v), dim=2)
@@ -182,7 +185,7 @@ class TextDecoder(nn.Module):
         out = torch.matmul(probs, v_all).transpose(1, 2).reshape(batch, seq, -1)
         h = h + attn.o_proj(out)
         h = h + layer.mlp(rms_norm(layer.post_attention_layernorm, h))
-        return h, k, v
+        return (h, new_k, new_v) if new_kv else (h, k, v)
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.lm_head(rms_norm(self.model.language_model.norm, h))

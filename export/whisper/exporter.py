@@ -18,13 +18,12 @@ tensors until ``Bundle.save`` streams them to disk.
 
 from __future__ import annotations
 
-import gc
 import logging
-import time
 from pathlib import Path
 
 from qgraph.bundle import Bundle
 from qgraph.export import check_export_args
+from qgraph.export.tracing import save_bundle, trace_each
 
 from . import graphs
 from .configs import build_model, resolve_source
@@ -59,15 +58,7 @@ def export_whisper(
     files = side_files(hf_model, source, list(COMPONENTS))
     logger.info("exporting %s at opset %d", description, opset)
 
-    traced = {}
-    for i, (what, trace) in enumerate(TRACES, 1):
-        start = time.perf_counter()
-        logger.info("[%d/%d] tracing %s", i, len(TRACES), what)
-        traced[what] = trace(hf_model, opset)
-        gc.collect()
-        logger.info(
-            "[%d/%d] %s traced in %.1f s", i, len(TRACES), what, time.perf_counter() - start
-        )
+    traced = trace_each([(what, lambda f=f: f(hf_model, opset)) for what, f in TRACES])
     bundle = Bundle(family=FAMILY)
     bundle.add_component(ENCODER, traced["encoder"], f"onnx/{ENCODER}.onnx")
     merged = merge_decoders(traced["decoder"], traced["decoder with past"])
@@ -76,8 +67,4 @@ def export_whisper(
         bundle.data_files[name] = f"onnx/{name}.onnx_data"
     bundle.side_files.update(files)
 
-    start = time.perf_counter()
-    logger.info("writing %s", out_dir)
-    path = bundle.save(out_dir, overwrite=overwrite)
-    logger.info("wrote %s in %.1f s", path, time.perf_counter() - start)
-    return path
+    return save_bundle(bundle, out_dir, overwrite)

@@ -33,7 +33,7 @@ import numpy as np
 from qgraph.runtime.audio import load_audio
 from qgraph.runtime.decode import Timings
 
-__all__ = ["BenchResult", "bench_audio", "peak_rss_bytes", "run_bench"]
+__all__ = ["BenchResult", "bench_audio", "peak_rss_bytes", "rss_bytes", "run_bench"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,31 @@ class BenchResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_rounds(
+        cls, rounds: list[tuple[Timings, list[float]]], *, rss_after_load: int, **fields: Any
+    ) -> BenchResult:
+        """The result of measured ``rounds`` (each: the end-to-end run's ``Timings`` and the
+        fixed-cache step times, in seconds): medians, the rates derived from them and the peak
+        RSS so far; ``fields`` describe the run (bundle, audio, steps, ...)."""
+        step_ms = _median_ms([s for _, fixed in rounds for s in fixed])
+        e2e_step_ms = _median_ms([s for t, _ in rounds for s in t.step_s])
+        e2e_ms = _median_ms([t.total_s for t, _ in rounds])
+        return cls(
+            **fields,
+            mel_ms=_median_ms([t.mel_s for t, _ in rounds]),
+            encoder_ms=_median_ms([t.encoder_s for t, _ in rounds]),
+            decoder_init_ms=_median_ms([t.prefill_s for t, _ in rounds]),
+            decoder_step_ms=step_ms,
+            decode_step_e2e_ms=e2e_step_ms,
+            end_to_end_ms=e2e_ms,
+            rtf=e2e_ms / 1000.0 / fields["audio_seconds"],
+            tokens_per_s=1000.0 / step_ms,
+            e2e_tokens_per_s=1000.0 / e2e_step_ms,
+            rss_after_load_mb=rss_after_load / 2**20,
+            peak_rss_mb=peak_rss_bytes() / 2**20,
+        )
+
 
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far (current RSS where no peak is known)."""
@@ -87,7 +112,7 @@ def peak_rss_bytes() -> int:
         return int(info.rss)
 
 
-def _rss_bytes() -> int:
+def rss_bytes() -> int:
     import psutil
 
     return int(psutil.Process().memory_info().rss)
@@ -133,7 +158,7 @@ def run_bench(
         bundle_dir, threads=threads, share_weights=share_weights
     )
     load_s = time.perf_counter() - start
-    rss_after_load = _rss_bytes()
+    rss_after_load = rss_bytes()
     samples = audio if audio is not None else bench_audio(audio_seconds, session.sample_rate)
     seconds = samples.size / session.sample_rate
 
@@ -143,12 +168,7 @@ def run_bench(
     past_k, past_v = session.random_past(past_tokens)
     token = prompt_ids[-1]
 
-    mel_s: list[float] = []
-    encoder_s: list[float] = []
-    init_s: list[float] = []
-    e2e_step_s: list[float] = []
-    e2e_s: list[float] = []
-    step_s: list[float] = []
+    rounds: list[tuple[Timings, list[float]]] = []
     for round_index in range(repeat + 1):  # round 0 is the warm-up
         timings = Timings(audio_s=seconds)
         t0 = time.perf_counter()
@@ -165,20 +185,13 @@ def run_bench(
             t = time.perf_counter()
             session.step(token, past_tokens, past_k, past_v)
             fixed.append(time.perf_counter() - t)
-        if round_index == 0:
-            continue
-        mel_s.append(timings.mel_s)
-        encoder_s.append(timings.encoder_s)
-        init_s.append(timings.prefill_s)
-        e2e_step_s.extend(timings.step_s)
-        e2e_s.append(timings.total_s)
-        step_s.extend(fixed)
-        logger.debug("bench round %d: %.3f s end to end", round_index, timings.total_s)
+        if round_index:
+            rounds.append((timings, fixed))
+            logger.debug("bench round %d: %.3f s end to end", round_index, timings.total_s)
 
-    step_ms = _median_ms(step_s)
-    e2e_step_ms = _median_ms(e2e_step_s)
-    e2e_ms = _median_ms(e2e_s)
-    return BenchResult(
+    return BenchResult.from_rounds(
+        rounds,
+        rss_after_load=rss_after_load,
         bundle=str(bundle_dir),
         audio_seconds=seconds,
         mel_frames=int(mel.shape[-1]),
@@ -189,16 +202,5 @@ def run_bench(
         repeat=repeat,
         threads=threads,
         load_s=load_s,
-        mel_ms=_median_ms(mel_s),
-        encoder_ms=_median_ms(encoder_s),
-        decoder_init_ms=_median_ms(init_s),
-        decoder_step_ms=step_ms,
-        decode_step_e2e_ms=e2e_step_ms,
-        end_to_end_ms=e2e_ms,
-        rtf=e2e_ms / 1000.0 / seconds,
-        tokens_per_s=1000.0 / step_ms,
-        e2e_tokens_per_s=1000.0 / e2e_step_ms,
-        rss_after_load_mb=rss_after_load / 2**20,
-        peak_rss_mb=peak_rss_bytes() / 2**20,
         decoder_sessions=1 if session.merged_decoders else 2,
     )

@@ -30,7 +30,7 @@ import numpy as np
 
 from qgraph.errors import BundleError, RuntimeInputError
 from qgraph.runtime.audio import SAMPLE_RATE, load_audio
-from qgraph.runtime.bench import BenchResult, bench_audio, peak_rss_bytes
+from qgraph.runtime.bench import BenchResult, bench_audio, rss_bytes
 from qgraph.runtime.decode import Timings, Transcript
 from qgraph.runtime.files import component_path, load_tokenizer, read_config
 from qgraph.runtime.mel import log_mel
@@ -310,14 +310,12 @@ def bench_whisper(
     prompt, exactly ``steps`` cached steps (EOS ignored), then ``steps`` steps on a fixed cache of
     ``past_tokens`` random self-attention entries. One warm-up round is not counted.
     """
-    import psutil
-
     if steps < 1 or repeat < 1 or past_tokens < 1:
         raise ValueError("steps, repeat and past_tokens must be >= 1")
     start = time.perf_counter()
     session = WhisperSession(bundle_dir, threads=threads)
     load_s = time.perf_counter() - start
-    rss_after_load = psutil.Process().memory_info().rss
+    rss_after_load = rss_bytes()
     samples = audio if audio is not None else bench_audio(audio_seconds, session.sample_rate)
     if samples.size > session.n_samples:
         raise RuntimeInputError("the Whisper benchmark takes at most one 30 s window of audio")
@@ -332,9 +330,7 @@ def bench_whisper(
         else v
         for n, v in past.items()
     }
-    rounds: dict[str, list[float]] = {
-        k: [] for k in ("mel", "enc", "init", "e2e_step", "e2e", "step")
-    }
+    rounds: list[tuple[Timings, list[float]]] = []
     for round_index in range(repeat + 1):  # round 0 is the warm-up
         timings = Timings(audio_s=seconds)
         t0 = time.perf_counter()
@@ -349,17 +345,10 @@ def bench_whisper(
             session.decode([prompt[-1]], hidden, fixed)
             step_s.append(time.perf_counter() - t)
         if round_index:
-            for key, value in (
-                ("mel", [timings.mel_s]),
-                ("enc", [timings.encoder_s]),
-                ("init", [timings.prefill_s]),
-                ("e2e_step", timings.step_s),
-                ("e2e", [timings.total_s]),
-                ("step", step_s),
-            ):
-                rounds[key] += value
-    ms = {k: 1000.0 * float(np.median(v)) for k, v in rounds.items()}
-    return BenchResult(
+            rounds.append((timings, step_s))
+    return BenchResult.from_rounds(
+        rounds,
+        rss_after_load=rss_after_load,
         bundle=str(bundle_dir),
         audio_seconds=seconds,
         mel_frames=int(mel.shape[-1]),
@@ -370,15 +359,4 @@ def bench_whisper(
         repeat=repeat,
         threads=threads,
         load_s=load_s,
-        mel_ms=ms["mel"],
-        encoder_ms=ms["enc"],
-        decoder_init_ms=ms["init"],
-        decoder_step_ms=ms["step"],
-        decode_step_e2e_ms=ms["e2e_step"],
-        end_to_end_ms=ms["e2e"],
-        rtf=ms["e2e"] / 1000.0 / seconds,
-        tokens_per_s=1000.0 / ms["step"],
-        e2e_tokens_per_s=1000.0 / ms["e2e_step"],
-        rss_after_load_mb=rss_after_load / 2**20,
-        peak_rss_mb=peak_rss_bytes() / 2**20,
     )
