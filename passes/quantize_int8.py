@@ -47,6 +47,7 @@ from qgraph.pass_api import GraphPass, Tolerance, option
 from qgraph.passes._blockquant import CHUNK_BYTES
 from qgraph.passes._lazy import LazyParts, SourceCache, add_initializer, release
 from qgraph.passes._roles import DECODER_ROLES, ROLES, graph_role, refusal
+from qgraph.passes.quantize_int4 import QuantizeMatMulNBits
 
 logger = logging.getLogger(__name__)
 
@@ -75,11 +76,8 @@ class QuantizeInt8(GraphPass):
 
     name = "quantize-int8"
     category = "quantization"
-    must_follow = ("fusion", "compression", "awq-smooth", "inline-lm-head")
-    reason = (
-        "fusions and compression (low-rank) rewrite FP32 MatMuls, awq-smooth rescales FP32 "
-        "weights, and the lm_head is only a constant weight once inline-lm-head made it one"
-    )
+    must_follow = QuantizeMatMulNBits.must_follow
+    reason = QuantizeMatMulNBits.reason
     tolerance = Tolerance(atol=None, rtol=None, min_cosine=0.995, min_top1=0.9)
     roles: tuple[str, ...] = option(DECODER_ROLES, "layer roles to quantize", choices=ROLES)
     exclude: tuple[str, ...] = option((), "fnmatch patterns: node, weight or module names")

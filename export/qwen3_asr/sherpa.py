@@ -56,7 +56,7 @@ from qgraph.export.tracing import neg_mask, save_bundle, trace, trace_each
 from . import sidefiles
 from .configs import build_resolved, resolve_source
 from .graphs import EXAMPLE_FRAMES, PRODUCER, name_tied_embedding
-from .wrappers import EncoderWrapper, TextDecoder
+from .wrappers import EncoderWrapper, TextDecoder, conv_stem
 
 logger = logging.getLogger(__name__)
 
@@ -93,13 +93,8 @@ class ConvFrontendWrapper(nn.Module):
         x = F.pad(input_features, (0, 0, 0, (self.chunk - frames % self.chunk) % self.chunk))
         chunks = x.shape[1] // self.chunk
         x = x.reshape(chunks, self.chunk, n_mels).transpose(1, 2).unsqueeze(1)
-        x = F.gelu(tower.conv2d1(x))
-        x = F.gelu(tower.conv2d2(x))
-        x = F.gelu(tower.conv2d3(x))
-        _, channels, freq, steps = x.shape
-        x = tower.conv_out(x.permute(0, 3, 1, 2).reshape(chunks, steps, channels * freq))
-        x = x + tower.positional_embedding.positional_embedding[:steps].to(x.dtype)
-        return x.reshape(1, chunks * steps, x.shape[-1])
+        x = conv_stem(tower, x)
+        return x.reshape(1, chunks * x.shape[1], x.shape[-1])
 
 
 class SherpaEncoderWrapper(EncoderWrapper):

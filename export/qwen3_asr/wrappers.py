@@ -63,6 +63,17 @@ def repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.reshape(batch, kv_heads * groups, seq, dim)
 
 
+def conv_stem(tower: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``[chunks, 1, n_mels, chunk]`` mel chunks -> ``[chunks, steps, d_model]``: the three
+    GELU convolutions, ``conv_out`` and the per-chunk positional embedding."""
+    x = F.gelu(tower.conv2d1(x))
+    x = F.gelu(tower.conv2d2(x))
+    x = F.gelu(tower.conv2d3(x))
+    chunks, channels, freq, steps = x.shape
+    x = tower.conv_out(x.permute(0, 3, 1, 2).reshape(chunks, steps, channels * freq))
+    return x + tower.positional_embedding.positional_embedding[:steps].to(x.dtype)
+
+
 class EncoderWrapper(nn.Module):
     """``mel [1,128,T] -> audio_features [1,N,output_dim]``: audio tower + projector, batch 1."""
 
@@ -85,12 +96,8 @@ class EncoderWrapper(nn.Module):
         x = F.pad(mel, (0, (self.chunk - frames % self.chunk) % self.chunk))
         chunks = x.shape[2] // self.chunk
         x = x.reshape(n_mels, chunks, self.chunk).permute(1, 0, 2).unsqueeze(1)
-        x = F.gelu(tower.conv2d1(x))
-        x = F.gelu(tower.conv2d2(x))
-        x = F.gelu(tower.conv2d3(x))
-        _, channels, freq, steps = x.shape
-        x = tower.conv_out(x.permute(0, 3, 1, 2).reshape(chunks, steps, channels * freq))
-        x = x + tower.positional_embedding.positional_embedding[:steps].to(x.dtype)
+        x = conv_stem(tower, x)
+        steps = x.shape[1]
 
         d_model = x.shape[-1]
         n_valid = (frames // self.chunk) * self.chunk_tokens + (

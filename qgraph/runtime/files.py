@@ -75,18 +75,26 @@ def component_path(bundle_dir: str | os.PathLike[str], name: str) -> Path:
     return path
 
 
+def read_json(bundle_dir: str | os.PathLike[str], name: str, *, required: bool = True) -> dict:
+    """Parsed JSON object ``name`` of the bundle; ``{}`` for a missing optional file."""
+    root = _bundle_dir(bundle_dir)
+    path = root / name
+    if not path.is_file():
+        if required:
+            raise BundleError(f"{root}: {name} is missing; re-export the bundle")
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise BundleError(f"{path}: unreadable ({err})") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: expected a JSON object")
+    return data
+
+
 def read_config(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Parsed ``config.json`` (required: it holds the special tokens and model shapes)."""
-    path = _bundle_dir(bundle_dir) / CONFIG
-    if not path.is_file():
-        raise BundleError(f"{path.parent}: {CONFIG} is missing; re-export the bundle")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"{path}: unreadable config ({err})") from None
-    if not isinstance(config, dict):
-        raise BundleError(f"{path}: config must be a JSON object")
-    return config
+    return read_json(bundle_dir, CONFIG)
 
 
 def load_tokenizer(bundle_dir: str | os.PathLike[str]) -> Any:

@@ -32,7 +32,7 @@ from qgraph.errors import BundleError, RuntimeInputError
 from qgraph.runtime.audio import SAMPLE_RATE, load_audio
 from qgraph.runtime.bench import BenchResult, bench_audio, rss_bytes
 from qgraph.runtime.decode import Timings, Transcript
-from qgraph.runtime.files import component_path, load_tokenizer, read_config
+from qgraph.runtime.files import component_path, load_tokenizer, read_config, read_json
 from qgraph.runtime.mel import log_mel
 from qgraph.runtime.ort import Component, session_options
 from qgraph.runtime.prompt import LANGUAGES
@@ -55,21 +55,6 @@ def is_whisper_bundle(bundle_dir: str | os.PathLike[str]) -> bool:
         except (OSError, ValueError, AttributeError):
             continue
     return False
-
-
-def _json(root: Path, name: str, required: bool) -> dict[str, Any]:
-    path = root / name
-    if not path.is_file():
-        if required:
-            raise BundleError(f"{root}: {name} is missing; re-export the bundle")
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise BundleError(f"{path}: unreadable ({err})") from None
-    if not isinstance(data, dict):
-        raise BundleError(f"{path}: expected a JSON object")
-    return data
 
 
 def _component(root: Path, name: str, options: Any, providers: list[str]) -> Component:
@@ -99,8 +84,8 @@ class WhisperSession:
     ) -> None:
         self.bundle_dir = root = Path(bundle_dir)
         self.config = read_config(root)
-        gen = _json(root, "generation_config.json", required=True)
-        pre = _json(root, "preprocessor_config.json", required=False)
+        gen = read_json(root, "generation_config.json")
+        pre = read_json(root, "preprocessor_config.json", required=False)
         self.tokenizer = load_tokenizer(root)
         providers = providers or ["CPUExecutionProvider"]
         self.encoder = _component(root, ENCODER, session_options(threads, optimization), providers)
