@@ -76,7 +76,7 @@ def child_qgraph(bundle: str, threads: int, steps: int, repeat: int, share: bool
     """Decodes with ``AsrSession`` (its public phases, as ``qgraph bench`` times them)."""
     from qgraph.runtime import AsrSession
     from qgraph.runtime.bench import bench_audio, peak_rss_bytes
-    from qgraph.runtime.decode import Timings
+    from qgraph.runtime.session import Timings
 
     t0 = time.perf_counter()
     session = AsrSession(bundle, threads=threads, share_weights=share)

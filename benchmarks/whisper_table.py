@@ -9,7 +9,7 @@ exporter (torch, transformers). Steps, all under ``--work`` (default ``benchmark
    are loaded from ``passes/`` with ``--pass-module``);
 3. per variant: size on disk (all ``.onnx`` + external data), ``qgraph.runtime.eval.evaluate``
    on the eval set (WER with the documented normalisation, RTF = wall time / audio), and
-   ``bench_whisper`` (encoder and cached decoder-step medians, 3 rounds).
+   ``qgraph.runtime.bench.run_bench`` (encoder and cached decoder-step medians, 3 rounds).
 
 Timings come from a 2-core machine shared with other jobs: compare them within one run only.
 
@@ -141,11 +141,11 @@ def size_mb(bundle: Path, pattern: str = "*") -> float:
 
 
 def measure(name: str, bundle: Path, data: Path) -> dict[str, Any]:
+    from qgraph.runtime.bench import run_bench
     from qgraph.runtime.eval import evaluate
-    from qgraph.runtime.whisper import bench_whisper
 
     report = evaluate(bundle, data)
-    bench = bench_whisper(bundle, steps=10, repeat=3)
+    bench = run_bench(bundle, steps=10, repeat=3)
     row = {
         "variant": name,
         "size_mb": size_mb(bundle),
@@ -180,7 +180,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"stored, FP32 here). Eval: {len(EVAL)} espeak-ng sentences "
         f"({rows[0]['words']} words, normalised as in `qgraph.runtime.eval`); low-rank calibrates "
         f"on {len(CALIBRATION)} other espeak-ng sentences. RTF = wall time of `transcribe` / "
-        "audio (30 s windows, greedy); encoder and decoder-step times are `bench_whisper` "
+        "audio (30 s windows, greedy); encoder and decoder-step times are `run_bench` "
         "medians (decoder step at 100 past tokens).",
         "",
         "| variant | size MB | encoder MB | decoder MB | WER % | RTF | encoder ms | step ms |",

@@ -1,14 +1,9 @@
 """Exporters: PyTorch checkpoint -> raw FP32 ONNX bundle, one subpackage per model family.
 
-Only this package imports torch and transformers; the CLI imports it lazily. ``FAMILIES`` maps
-the family name used on the command line (``qgraph export FAMILY``) to its module, which
-provides ``export(model, out_dir, *, opset) -> Path``.
+Only this package imports torch and transformers; the CLI imports it lazily. Each family's
+record in ``qgraph.families`` names its entry point (``export(model, out_dir, *, opset,
+overwrite) -> Path``) and its validator.
 """
-
-FAMILIES: dict[str, str] = {
-    "qwen3-asr": "qgraph.export.qwen3_asr",
-    "whisper": "qgraph.export.whisper",
-}
 
 MIN_OPSET, MAX_OPSET = 18, 23
 """Opsets the dynamo exporter and the wrappers are checked with."""

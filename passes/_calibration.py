@@ -2,8 +2,10 @@
 
 ``calibration_outputs`` runs components in ONNX Runtime with chosen intermediate values added as
 graph outputs: on generated inputs (``qgraph.instruments.verify.sample_inputs``, several seeds)
-or, given a folder of audio files, through the reference runtime (encoder, decoder_init
-prefill, greedy decoder_step steps) on a temporary copy of the bundle.
+or, given a folder of audio files, by transcribing them with the bundle family's own runtime
+session on a temporary copy of the bundle (``qgraph.runtime.session.observe`` hands over every
+component run: encoder, prefill, greedy steps), so calibration works on every family and layout
+whose values are top-level graph values.
 """
 
 from __future__ import annotations
@@ -19,9 +21,6 @@ import numpy as np
 import onnx_ir as ir
 
 logger = logging.getLogger(__name__)
-
-
-AUDIO_SUFFIXES = (".wav", ".flac")
 
 
 @contextlib.contextmanager
@@ -81,58 +80,27 @@ def _generated_runs(comps, wanted, tmp: Path, samples: int):
         del sess
 
 
-def audio_files(folder: str, limit: int) -> list[Path]:
-    """The calibration audio files of ``folder`` (sorted, at most ``limit``)."""
-    from qgraph.errors import BundleError
-
-    root = Path(folder)
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-    if not files:
-        raise BundleError(f"{folder}: no calibration audio ({', '.join(AUDIO_SUFFIXES)}) found")
-    return files[:limit]
-
-
 def _audio_runs(bundle, wanted, tmp: Path, folder: str, max_files: int, max_tokens: int):
-    from qgraph.runtime import AsrSession
+    """Transcribe each file with the bundle's own session (any family) and yield the wanted
+    values of every component run: encoder, prefill and up to ``max_tokens`` greedy steps."""
+    from qgraph.families import open_session
+    from qgraph.runtime.audio import find_audio
+    from qgraph.runtime.session import observe
 
-    files = audio_files(folder, max_files)
+    files = find_audio(folder, "calibration audio", max_files)
     dataclasses.replace(bundle, manifest={}, history=[]).save(tmp / "bundle")
-    session = AsrSession(tmp / "bundle", optimization="basic")
+    session = open_session(tmp / "bundle", optimization="basic")
     names = {c: [v.name for v in values] for c, values in wanted.items()}
+    runs: list[tuple[str, dict[str, np.ndarray]]] = []
 
-    def pick(c: str, out: dict[str, np.ndarray]):
-        return (c, {n: out[n] for n in names[c]}) if c in names else None
+    def keep(component: str, out) -> None:
+        if component in names:
+            runs.append((component, {n: out[n] for n in names[component]}))
 
+    observe(session, keep)
     for path in files:
-        mel = session.features(session.read_audio(path))
-        enc = session.encoder.run({next(iter(session.encoder.input_types)): mel})
-        features = enc[session.encoder.output_names[0]]
-        prompt, offset = session.prompt(int(features.shape[1]))
-        out = session.decoder_init.run(
-            {
-                "input_ids": np.asarray([prompt], np.int64),
-                "position_ids": np.arange(len(prompt), dtype=np.int64)[None],
-                "audio_features": features,
-                "audio_offset": np.asarray([offset], np.int64),
-            }
-        )
-        runs = [pick("encoder", enc), pick("decoder_init", out)]
-        position = len(prompt)
-        for _ in range(max_tokens):
-            token = int(np.argmax(out["logits"][0, -1]))
-            if token in session.eos_ids:
-                break
-            feeds = {
-                "position_ids": np.asarray([[position]], np.int64),
-                "past_keys": out["present_keys"],
-                "past_values": out["present_values"],
-            }
-            if session.embed_table is not None:
-                feeds["input_embeds"] = session.embed_table.lookup(np.asarray([[token]]))
-            else:
-                feeds["input_ids"] = np.asarray([[token]], np.int64)
-            out = session.decoder_step.run(feeds)
-            runs.append(pick("decoder_step", out))
-            position += 1
-        yield from (r for r in runs if r is not None)
-        logger.debug("calibrated on %s (%d decode steps)", path.name, position - len(prompt))
+        # max_tokens steps after the prefill's token (the EOS stops earlier)
+        session.transcribe(path, max_tokens=max_tokens + 1)
+        yield from runs
+        logger.debug("calibrated on %s (%d component runs)", path.name, len(runs))
+        runs.clear()

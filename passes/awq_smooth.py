@@ -35,7 +35,8 @@ embedding table); groups already smoothed (``qgraph.awq_smooth`` node metadata);
 ``alpha=0`` (``skipped:search kept the weights``). o_proj and down_proj are not smoothed: their
 inputs come from attention and the gated MLP, not from a norm.
 Numerics: exact up to FP32 rounding before quantization (tolerance atol 1e-3, rtol 1e-3).
-Scope: ``decoder_init`` and ``decoder_step`` by default (``components=``).
+Scope: the components with a prefill, step or (sherpa) decoder role by default, smoothed with
+one set of scales (``on=`` to choose).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qgraph.bundle import Bundle
+from qgraph.families import DECODER, PREFILL, STEP
 from qgraph.pass_api import BundlePass, Tolerance, option
 from qgraph.passes._blockquant import fake_quantize
 from qgraph.passes._calibration import calibration_outputs
@@ -123,9 +125,7 @@ class AwqSmooth(BundlePass):
         "fusion would replace"
     )
     tolerance = Tolerance(atol=1e-3, rtol=1e-3, min_cosine=0.99999)
-    components: tuple[str, ...] = option(
-        ("decoder_init", "decoder_step"), "components smoothed with one set of scales"
-    )
+    default_roles = (PREFILL, STEP, DECODER)
     roles: tuple[str, ...] = option(
         ("q", "k", "v", "gate", "up", "other"),
         "roles of the MatMuls a group may feed",
@@ -164,10 +164,8 @@ class AwqSmooth(BundlePass):
         """Smoothable groups by norm-weight name, kept only where every component agrees."""
         found: dict[str, dict[str, _Group]] = {}
         refused: dict[str, str] = {}
-        for comp in self.components:
-            model = bundle.components.get(comp)
-            if model is None:
-                continue
+        for comp in self.targets(bundle.roles()):
+            model = bundle.components[comp]
             fallback = graph_role(model.graph)
             for node in model.graph:
                 key, group = self._group(node, fallback)

@@ -13,7 +13,8 @@ input named ``input``; that input feeds anything but one ``Gather`` of a constan
 the FP16 range.
 Lossy only through FP16 rounding of the table (declared tolerance: atol/rtol 1e-2, cosine
 0.9999); ``dtype=float32`` is exact.
-Scope: one component (``component=decoder_step``); a bundle pass because it writes side files.
+Scope: the one ``step`` component (``decoder_step``; ``on=`` to choose another); a bundle pass
+because it writes side files.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import numpy as np
 import onnx_ir as ir
 
 from qgraph.bundle import Bundle
-from qgraph.errors import PassFailure
+from qgraph.errors import PassFailure, PipelineError
+from qgraph.families import STEP
 from qgraph.pass_api import BundlePass, Tolerance, option
 
 FP16_MAX = float(np.finfo(np.float16).max)
@@ -37,16 +39,22 @@ class ExtractEmbedFp16(BundlePass):
     category = "bundle"
     tolerance = Tolerance(atol=1e-2, rtol=1e-2, min_cosine=0.9999)
     """FP16 rounding of the table (relative error <= 2^-11 per element) reaches the logits."""
-    component: str = option("decoder_step", "component whose embedding lookup is extracted")
+    default_roles = (STEP,)
     input: str = option("input_ids", "the token-id input that feeds the embedding Gather")
     dtype: Literal["float16", "float32"] = option("float16", "dtype of embed_tokens.bin")
     file: str = option("embed_tokens.bin", "side file that receives the table")
 
     def call(self, bundle: Bundle) -> ir.passes.PassResult:
-        model = bundle.components.get(self.component)
-        if model is None:
-            self.count("skipped:no such component")
+        targets = self.targets(bundle.roles())
+        if len(targets) > 1:
+            raise PipelineError(
+                f"pass '{self.name}': one component only (on=...), not {', '.join(targets)}"
+            )
+        if not targets:
+            self.count("skipped:no step component")
             return ir.passes.PassResult(bundle, False)
+        component = targets[0]
+        model = bundle.components[component]
         names = [v.name for v in model.graph.inputs]
         if "input_embeds" in names:
             self.count("skipped:already extracted")
@@ -88,11 +96,11 @@ class ExtractEmbedFp16(BundlePass):
         config["embed_tokens_shape"] = [int(vocab), int(hidden)]
         bundle.write_json("config.json", config)
         self.count("extracted")
-        self.touch(self.component)
+        self.touch(component)
         return ir.passes.PassResult(bundle, True)
 
     def adapt_feeds(self, component: str, feeds: dict, bundle: Bundle) -> dict:
-        if component != self.component or self.input not in feeds:
+        if component not in self.targets(bundle.roles()) or self.input not in feeds:
             return feeds
         table = np.asarray(bundle.side_files[self.file]).astype(np.float32)
         out = {k: v for k, v in feeds.items() if k != self.input}

@@ -14,11 +14,11 @@ so the table is stored once (as E^T) instead of twice.
 lm_head) and reports nothing to do.
 Does not fire: no ``MatMul`` whose weight is a ``Transpose(perm=[1,0])`` of a 2-D initializer
 (``skipped:no transposed-weight lm_head``).
-Scope: every decoder graph by default (``components=``): ``decoder_init`` and ``decoder_step``,
-the sherpa-onnx layout's ``decoder`` and Whisper's ``decoder_model_merged``; the main graph and
-its subgraphs. In ``decoder_model_merged`` the lm_head MatMuls of both ``If`` branches read one
-top-level ``Transpose`` of the table: they get one shared top-level weight, and the embedding
-Gathers of both branches read it.
+Scope: every component with a decoder role by default (``on=`` to choose): prefill and step
+(``decoder_init``, ``decoder_step``), the sherpa-onnx layout's ``decoder`` and Whisper's merged
+decoder (``decoder_model_merged``); the main graph and its subgraphs. In ``decoder_model_merged``
+the lm_head MatMuls of both ``If`` branches read one top-level ``Transpose`` of the table: they get
+one shared top-level weight, and the embedding Gathers of both branches read it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from qgraph.bundle import Bundle
+from qgraph.families import DECODER_ROLES
 from qgraph.pass_api import BundlePass, option
 
 
@@ -46,10 +47,7 @@ class InlineLmHead(BundlePass):
     category = "bundle"
     must_follow = ("extract-embed-fp16",)
     reason = "the step's embedding table is extracted from its plain Gather first"
-    components: tuple[str, ...] = option(
-        ("decoder_init", "decoder_step", "decoder", "decoder_model_merged"),
-        "components whose lm_head is untied",
-    )
+    default_roles = DECODER_ROLES
     keep_tied: bool = option(False, "leave the lm_head as Transpose(embedding)")
     weight_name: str = option("lm_head.weight", "name of the new [hidden, vocab] initializer")
     embed_from_lm_head: bool = option(
@@ -61,10 +59,8 @@ class InlineLmHead(BundlePass):
             self.count("skipped:keep_tied")
             return ir.passes.PassResult(bundle, False)
         modified = False
-        for comp in self.components:
-            model = bundle.components.get(comp)
-            if model is None:
-                continue
+        for comp in self.targets(bundle.roles()):
+            model = bundle.components[comp]
             heads = [n for n in model.graph.all_nodes() if self._is_tied_head(n)]
             if not heads:
                 self.count("skipped:no transposed-weight lm_head")

@@ -37,7 +37,7 @@ on speech and 46 % WER; fc1 alone (``exclude=[*self_attn*,*fc2]``) keeps the WER
 threshold drops directions the next LayerNorm needs. LiteASR's thresholds were chosen for
 large-v3 (1280-dim); small encoders need higher ones or fewer layers.
 Order: it must run before fusions and quantization (they hide or replace the MatMuls).
-Scope: ``encoder_model`` / ``encoder`` by default (``on=`` to choose).
+Scope: the ``encoder`` components by default (``encoder``, ``encoder_model``; ``on=`` to choose).
 """
 
 from __future__ import annotations
@@ -53,12 +53,12 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from qgraph.families import ENCODER
 from qgraph.pass_api import GraphPass, Tolerance, option
 
 logger = logging.getLogger(__name__)
 
 MARK = "qgraph.low_rank"
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 _ATTENTION = re.compile(r"(?<![a-z0-9])(q_proj|k_proj|v_proj|o_proj|out_proj)(?![a-z0-9])")
 _MLP = re.compile(r"(?<![a-z0-9])(fc1|fc2|gate_proj|up_proj|down_proj)(?![a-z0-9])")
 STEP = 16
@@ -114,14 +114,11 @@ def _mel_input(model: ir.Model) -> tuple[str, int, int | None] | None:
 
 def calibration_mels(folder: str, n_mels: int, frames: int | None, limit: int) -> list[np.ndarray]:
     """Log-mels ``[1, n_mels, T]`` of the calibration audio (``frames`` fixes ``T``)."""
-    from qgraph.errors import PassFailure
-    from qgraph.runtime.audio import load_audio
+    from qgraph.runtime.audio import find_audio, load_audio
     from qgraph.runtime.mel import log_mel
 
     if folder:
-        files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-        if not files:
-            raise PassFailure(f"low-rank: no calibration audio in {folder}")
+        files = find_audio(folder, "calibration audio")
     else:
         from qgraph.examples import example_audio, example_long_audio
 
@@ -238,7 +235,7 @@ class LowRank(GraphPass):
     name = "low-rank"
     category = "compression"
     tolerance = Tolerance(atol=None, rtol=None, min_cosine=0.95)
-    default_on = ("encoder_model", "encoder")
+    default_roles = (ENCODER,)
     attention_threshold: float = option(0.99, "explained variance kept in q/k/v/out projections")
     mlp_threshold: float = option(0.999, "explained variance kept in fc1/fc2 (MLP) layers")
     exclude: tuple[str, ...] = option((), "fnmatch patterns on module scope / weight name to skip")

@@ -145,7 +145,9 @@ class QuantizeMatMulNBits(GraphPass):
             if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
                 continue
             weight = node.inputs[1]
-            reason = refusal(node, weight, self.roles, self.exclude, FLOATS, fallback)
+            reason = refusal(
+                node, weight, self.roles, self.exclude, FLOATS, fallback, self.component_role
+            )
             if reason:
                 self.count(f"skipped:{reason}")
                 continue

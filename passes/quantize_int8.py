@@ -92,7 +92,15 @@ class QuantizeInt8(GraphPass):
             if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
                 continue
             weight = node.inputs[1]
-            reason = refusal(node, weight, self.roles, self.exclude, (ir.DataType.FLOAT,), fallback)
+            reason = refusal(
+                node,
+                weight,
+                self.roles,
+                self.exclude,
+                (ir.DataType.FLOAT,),
+                fallback,
+                self.component_role,
+            )
             if reason:
                 self.count(f"skipped:{reason}")
                 continue

@@ -10,7 +10,7 @@ each tensor names its shard.
 Does not fire: the component already has this layout (``skipped:already sharded``) or no
 external weights (``skipped:no external data``). Components that share one data file
 (``share-weights``) are left alone (``skipped:shared data file``).
-Scope: every component by default (``components=`` to choose).
+Scope: every component by default (``on=`` to choose).
 """
 
 from __future__ import annotations
@@ -29,14 +29,11 @@ class ShardExternalData(BundlePass):
 
     name = "shard-external-data"
     category = "bundle"
-    components: tuple[str, ...] = option((), "components to shard (default: all)")
     max_bytes: int = option(DEFAULT_MAX, "largest shard in bytes")
 
     def call(self, bundle: Bundle) -> ir.passes.PassResult:
         counts: dict[str, int] = {}
-        for comp in self.components or tuple(bundle.components):
-            if comp not in bundle.components:
-                continue
+        for comp in self.targets(bundle.roles()):
             shared = [c for c in bundle.components if bundle.data_file(c) == bundle.data_file(comp)]
             if len(shared) > 1:
                 self.count("skipped:shared data file")

@@ -11,7 +11,8 @@ initializers).
 
 Does not fire: fewer than two of the components exist (``skipped:nothing to share``); everything
 is shared already. Statistics: ``tensors shared`` and ``bytes saved``.
-Scope: ``decoder_init`` and ``decoder_step`` by default (``components=``).
+Scope: the ``prefill`` and ``step`` components by default (``decoder_init`` and
+``decoder_step``; ``on=`` to choose).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from qgraph.bundle import Bundle
+from qgraph.families import PREFILL, STEP
 from qgraph.instruments.textform import TensorHasher
 from qgraph.pass_api import BundlePass, option
 from qgraph.weights import INLINE_LIMIT, tensor_key
@@ -29,13 +31,11 @@ class ShareWeights(BundlePass):
 
     name = "share-weights"
     category = "bundle"
-    components: tuple[str, ...] = option(
-        ("decoder_init", "decoder_step"), "components that share one data file"
-    )
+    default_roles = (PREFILL, STEP)
     file: str = option("decoder_weights.data", "name of the shared data file")
 
     def call(self, bundle: Bundle) -> ir.passes.PassResult:
-        comps = [c for c in self.components if c in bundle.components]
+        comps = self.targets(bundle.roles())
         if len(comps) < 2:
             self.count("skipped:nothing to share")
             return ir.passes.PassResult(bundle, False)

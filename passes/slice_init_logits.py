@@ -8,7 +8,7 @@ output becomes ``[batch, 1, vocab]``; the reference runtime reads the last row o
 Does not fire: no output named ``output`` (``skipped:no logits output``); it is not produced by
 a MatMul/MatMulNBits (``skipped:logits not from a MatMul``); it already has one position
 (``skipped:already last position``).
-Scope: ``decoder_init`` by default (``on=`` to change).
+Scope: the ``prefill`` component by default (``decoder_init``; ``on=`` to change).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from qgraph.families import PREFILL
 from qgraph.pass_api import GraphPass, option
 
 LM_HEAD_OPS = ("MatMul", "MatMulNBits")
@@ -26,7 +27,7 @@ class SliceInitLogits(GraphPass):
 
     name = "slice-init-logits"
     category = "bundle"
-    default_on = ("decoder_init",)
+    default_roles = (PREFILL,)
     output: str = option("logits", "name of the logits output [batch, seq, vocab]")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

@@ -33,6 +33,7 @@ from google.protobuf.message import DecodeError
 
 from qgraph import weights
 from qgraph.errors import BundleError
+from qgraph.families import family_of, get_family
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,11 @@ class Bundle:
 
     def component_names(self) -> list[str]:
         return list(self.components)
+
+    def roles(self) -> dict[str, str]:
+        """Each component's role (``qgraph.families``), in component order."""
+        family = get_family(self.family)
+        return {name: family.role(name, model) for name, model in self.components.items()}
 
     def read_json(self, name: str) -> dict[str, Any]:
         """Parse a JSON side file (``{}`` if the bundle has none by that name)."""
@@ -117,7 +123,7 @@ class Bundle:
                 f"qgraph understands ({FORMAT_VERSION}); upgrade qgraph"
             )
         bundle = cls(
-            family=manifest.get("family", "generic"),
+            family=manifest.get("family") or family_of(root).name,
             history=list(manifest.get("pipeline", [])),
             source=root,
             manifest=manifest,
@@ -141,7 +147,7 @@ class Bundle:
         onnx_files = sorted(p for p in root.rglob("*.onnx") if not _hidden(p, root))
         if not onnx_files:
             raise BundleError(f"{root}: no .onnx model in this folder")
-        bundle = cls(source=root)
+        bundle = cls(family=family_of(root).name, source=root)
         data_refs: set[str] = set()
         for p in onnx_files:
             rel = p.relative_to(root).as_posix()

@@ -119,7 +119,7 @@ class Manager:
             self.stopped_before = str(p)
             return False
         comps = (
-            p.targets(list(self.bundle.components))
+            p.targets(self.bundle.roles())
             if isinstance(p, GraphPass)
             else list(self.bundle.components)
         )
@@ -166,9 +166,10 @@ class Manager:
                 return [c for c in self.bundle.components if c in p.touched] or list(
                     self.bundle.components
                 )
+            roles = self.bundle.roles()
             changed = []
             for c in comps:
-                if p(self.bundle.components[c]).modified:
+                if p.run_on(self.bundle.components[c], roles[c]).modified:
                     changed.append(c)
             return changed
         except QGraphError:

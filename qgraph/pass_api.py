@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -55,6 +56,11 @@ class Tolerance:
 
 LOSSLESS = Tolerance()
 
+ON_HELP = (
+    "components to run on, by name or role (encoder, frontend, prefill, step, decoder, "
+    "merged-decoder); default: the pass's own roles, else all"
+)
+
 
 def option(default: Any, help: str, *, choices: tuple | None = None) -> Any:
     """Declare a pass option: a typed dataclass field with help text for ``qgraph passes``."""
@@ -75,6 +81,9 @@ class QPass:
     """Pass names or categories that, when in the same pipeline, must run before this one."""
     reason: ClassVar[str] = ""
     """Why the ordering constraint exists, quoted in the error."""
+    default_roles: ClassVar[tuple[str, ...]] = ()
+    """Roles (``qgraph.families``) of the components to run on when ``on`` is not given (empty:
+    every component)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -138,6 +147,25 @@ class QPass:
 
     __repr__ = __str__
 
+    # -- component selection -------------------------------------------------------------------
+    def targets(self, roles: Mapping[str, str]) -> list[str]:
+        """The components to run on, given every component's role (in bundle order): those
+        named by ``on`` (component names or roles), else those whose role is in
+        ``default_roles``, else all."""
+        wanted = getattr(self, "on", ()) or ()
+        if not wanted:
+            if not self.default_roles:
+                return list(roles)
+            return [c for c, role in roles.items() if role in self.default_roles]
+        missing = [w for w in wanted if w not in roles and w not in roles.values()]
+        if missing:
+            listed = ", ".join(f"{c} ({r})" if r else c for c, r in roles.items())
+            raise PipelineError(
+                f"pass '{self.name}': no component or role {', '.join(missing)} in this bundle "
+                f"(components: {listed})"
+            )
+        return [c for c, role in roles.items() if c in wanted or role in wanted]
+
     # -- verification hooks (used by --verify-each) ----------------------------------------------
     def adapt_feeds(self, component: str, feeds: dict, bundle: Any) -> dict:
         """Inputs for the component *after* this pass, given the inputs used before it.
@@ -167,23 +195,22 @@ class QPass:
 
 
 class GraphPass(QPass, ir.passes.InPlacePass):
-    """A pass that rewrites one component's ``ir.Model`` in place."""
+    """A pass that rewrites one component's ``ir.Model`` in place.
 
-    default_on: ClassVar[tuple[str, ...]] = ()
-    """Components to run on when ``on`` is not given (empty: all)."""
-    on: tuple[str, ...] = option((), "components to run on (default: all, or the pass's own)")
+    While it runs on a component, ``component_role`` holds that component's role (``''`` when
+    the pass is called on a bare model, e.g. in a test).
+    """
 
-    def targets(self, available: list[str]) -> list[str]:
-        wanted = self.on or self.default_on
-        if not wanted:
-            return list(available)
-        missing = [c for c in self.on if c not in available]
-        if missing:
-            raise PipelineError(
-                f"pass '{self.name}': no component {', '.join(missing)} in this bundle "
-                f"(components: {', '.join(available)})"
-            )
-        return [c for c in available if c in wanted]
+    on: tuple[str, ...] = option((), ON_HELP)
+    component_role: ClassVar[str] = ""
+
+    def run_on(self, model: ir.Model, role: str) -> ir.passes.PassResult:
+        """Run on one component whose role (``qgraph.families``) is ``role``."""
+        self.component_role = role
+        try:
+            return self(model)
+        finally:
+            del self.component_role
 
 
 class BundlePass(QPass, ir.passes.InPlacePass):
@@ -192,6 +219,8 @@ class BundlePass(QPass, ir.passes.InPlacePass):
     ``call`` marks the components it changed with ``self.touch(name)`` (if it reports
     ``modified`` without touching any, every component counts as changed).
     """
+
+    on: tuple[str, ...] = option((), ON_HELP)
 
     @property
     def touched(self) -> set[str]:

@@ -11,6 +11,6 @@ from .configs import BUILTIN, build_model
 from .exporter import FAMILY, export_qwen3_asr
 
 export = export_qwen3_asr
-"""The family entry point named in ``qgraph.export.FAMILIES``."""
+"""The entry point its record in ``qgraph.families`` names."""
 
 __all__ = ["BUILTIN", "FAMILY", "build_model", "export", "export_qwen3_asr"]

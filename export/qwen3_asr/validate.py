@@ -29,8 +29,8 @@ import torch
 
 from qgraph.errors import VerificationError
 from qgraph.export.compare import first_mismatch, max_diff
+from qgraph.families import open_session
 from qgraph.runtime import AsrSession, default_max_tokens
-from qgraph.runtime.eval import qwen3_session_class
 from qgraph.runtime.files import load_tokenizer, read_config
 from qgraph.runtime.mel import log_mel
 from qgraph.runtime.prompt import SpecialTokens, build_prompt_ids
@@ -179,7 +179,7 @@ def validate_bundle(
     del model
     gc.collect()
 
-    session = qwen3_session_class(bundle_dir)(bundle_dir)  # either layout
+    session = open_session(bundle_dir)  # either layout
     results = []
     for (name, samples), mel, ref, budget in zip(clips, mels, refs, budgets, strict=True):
         logger.info("ONNX Runtime for %s", name)
@@ -265,7 +265,7 @@ def _compare(
         logits_diff = max_diff(last, ref.last_logits)
         if logits_diff > tolerance * max(1.0, float(np.abs(ref.last_logits).max())):
             problems.append(f"prefill logits differ by {logits_diff:.3g} (tolerance {tolerance:g})")
-    decode_log = logging.getLogger("qgraph.runtime.decode")
+    decode_log = logging.getLogger("qgraph.runtime.qwen3")
     level = decode_log.level
     decode_log.setLevel(logging.ERROR)  # running out of budget is expected here, not a warning
     try:

@@ -13,6 +13,6 @@ from .configs import BUILTIN, build_model, resolve_source
 from .exporter import FAMILY, export_whisper
 
 export = export_whisper
-"""The family entry point named in ``qgraph.export.FAMILIES``."""
+"""The entry point its record in ``qgraph.families`` names."""
 
 __all__ = ["BUILTIN", "FAMILY", "build_model", "export", "export_whisper", "resolve_source"]

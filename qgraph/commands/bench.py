@@ -86,30 +86,31 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from qgraph.families import PREFILL, STEP, family_of
     from qgraph.runtime.bench import bench_audio, run_bench
-    from qgraph.runtime.whisper import bench_whisper, is_whisper_bundle
+
+    family = family_of(args.bundle)
+    if args.separate_decoders and not {PREFILL, STEP} <= set(family.components.values()):
+        raise RuntimeInputError(
+            f"--separate-decoders applies to bundles with prefill and step graphs, not to "
+            f"{family.name} bundles"
+        )
 
     audio = None
     if args.audio is not None:
         if not args.audio.is_file():
             raise RuntimeInputError(f"audio file not found: {args.audio}")
         audio = bench_audio(args.audio_seconds, source=args.audio)
-    kwargs = {}
-    if is_whisper_bundle(args.bundle):
-        if args.separate_decoders:
-            raise RuntimeInputError("--separate-decoders applies to qwen3-asr bundles only")
-        bench = bench_whisper
-    else:
-        bench, kwargs = run_bench, {"share_weights": not args.separate_decoders}
-    result = bench(
+    result = run_bench(
         args.bundle,
         audio_seconds=args.audio_seconds,
         steps=args.steps,
         repeat=args.repeat,
         threads=args.threads,
         audio=audio,
-        **kwargs,
+        share_weights=not args.separate_decoders,
     )
+
     r = result
     print(f"bundle          {r.bundle}")
     print(

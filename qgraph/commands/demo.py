@@ -85,7 +85,7 @@ def run(args) -> int:
     audio_path = example_audio()
     audio = load_audio(audio_path)
     # a random model rarely says end-of-text: hitting max_tokens is expected here
-    logging.getLogger("qgraph.runtime.decode").setLevel(logging.ERROR)
+    logging.getLogger("qgraph.runtime.qwen3").setLevel(logging.ERROR)
     step(f"transcribe {audio_path.name} ({len(audio) / 16000:.1f}s of speech)")
     tokens = {}
     for path in (raw, exact, compiled):

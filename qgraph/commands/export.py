@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import logging
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
 from qgraph.errors import ExportError
+from qgraph.families import Family, families
 
 NAME = "export"
 
-FAMILY_CHOICES = ("qwen3-asr", "whisper")
-"""Families on the command line; kept equal to ``qgraph.export.FAMILIES`` (a test checks)."""
+
+def exportable() -> dict[tuple[str, str], Family]:
+    """``(name on the command line, layout) -> family`` for every family with an exporter."""
+    return {f.export_as: f for f in families().values() if f.export_as and f.exporter}
 
 
 def add_parser(sub) -> None:
@@ -35,7 +37,8 @@ def add_parser(sub) -> None:
         "  qgraph export qwen3-asr --model ./Qwen3-ASR-0.6B-hf -o raw/\n"
         "  qgraph export qwen3-asr --model Qwen/Qwen3-ASR-0.6B-hf -o raw/   (needs the hub)",
     )
-    p.add_argument("family", choices=FAMILY_CHOICES, help="model family to export")
+    names = sorted({name for name, _ in exportable()})
+    p.add_argument("family", choices=names, help="model family to export")
     p.add_argument(
         "--model",
         required=True,
@@ -53,7 +56,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "--layout",
-        choices=("default", "sherpa"),
+        choices=sorted({layout for _, layout in exportable()}),
         default="default",
         help="qwen3-asr only. default: encoder/decoder_init/decoder_step (the public layout); "
         "sherpa: conv_frontend/encoder/decoder with static KV caches for sherpa-onnx's "
@@ -72,26 +75,17 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from qgraph.export import FAMILIES  # noqa: TID251 - the CLI imports the exporter lazily
-
-    if args.layout == "sherpa" and args.family != "qwen3-asr":
-        raise ExportError("--layout sherpa applies to qwen3-asr only")
+    family = exportable().get((args.family, args.layout))
+    if family is None:
+        layouts = sorted(layout for name, layout in exportable() if name == args.family)
+        raise ExportError(f"--layout {args.layout} applies to {args.family} only as: {layouts}")
     if args.max_total_len is not None and args.layout != "sherpa":
         raise ExportError("--max-total-len applies to --layout sherpa only")
-    module = FAMILIES[args.family] + (".sherpa" if args.layout == "sherpa" else "")
-    exporter = import_exporter(module)
+    export = import_exporter(family, "exporter")
+    options = {"max_total_len": args.max_total_len} if args.max_total_len is not None else {}
     start = time.perf_counter()
     with _progress(enabled=not args.quiet):
-        if args.layout == "sherpa":
-            path = exporter.export_sherpa(
-                args.model,
-                args.output,
-                max_total_len=args.max_total_len or exporter.DEFAULT_MAX_TOTAL_LEN,
-                opset=args.opset,
-                overwrite=args.force,
-            )
-        else:
-            path = exporter.export(args.model, args.output, opset=args.opset, overwrite=args.force)
+        path = export(args.model, args.output, opset=args.opset, overwrite=args.force, **options)
     seconds = time.perf_counter() - start
     manifest = json.loads((path / "qgraph.json").read_text())
     files = manifest.get("files", {})
@@ -105,10 +99,11 @@ def run(args) -> int:
     return 0
 
 
-def import_exporter(module: str) -> ModuleType:
-    """Import an exporter module; ExportError if torch or transformers is missing."""
+def import_exporter(family: Family, which: str = "exporter") -> Any:
+    """The family's exporter or validate entry point; ExportError if torch or transformers is
+    missing."""
     try:
-        return importlib.import_module(module)
+        return family.entry(which)
     except ModuleNotFoundError as err:
         if err.name in ("torch", "transformers") or str(err.name).startswith("torch."):
             raise ExportError(

@@ -73,15 +73,17 @@ def _audio_path(text: str) -> Path:
 
 
 def run(args) -> int:
-    from qgraph.runtime.eval import open_session
-    from qgraph.runtime.whisper import is_whisper_bundle
+    import inspect
+
+    from qgraph.families import family_of
 
     audio = _audio_path(args.audio)
-    session = open_session(args.bundle, threads=args.threads)
+    family = family_of(args.bundle)
+    session = family.session_class()(args.bundle, threads=args.threads)
     kwargs = {"max_tokens": args.max_tokens, "language": args.language}
     if args.context:
-        if is_whisper_bundle(args.bundle):
-            raise RuntimeInputError("--context applies to qwen3-asr bundles only")
+        if "context" not in inspect.signature(session.transcribe).parameters:
+            raise RuntimeInputError(f"--context does not apply to {family.name} bundles")
         kwargs["context"] = args.context
     result = session.transcribe(audio, **kwargs)
     if args.json:

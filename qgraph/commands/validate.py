@@ -60,13 +60,10 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from qgraph.commands.export import import_exporter
     from qgraph.errors import VerificationError
+    from qgraph.families import family_of
     from qgraph.runtime.audio import load_audio
-    from qgraph.runtime.whisper import is_whisper_bundle
 
-    if is_whisper_bundle(args.bundle):
-        validate_bundle = import_exporter("qgraph.export.whisper.validate").validate_whisper
-    else:
-        validate_bundle = import_exporter("qgraph.export.qwen3_asr.validate").validate_bundle
+    validate_bundle = import_exporter(family_of(args.bundle), "validate")
 
     if args.max_tokens is not None and args.max_tokens < 1:
         raise VerificationError("--max-tokens must be 1 or more")

@@ -11,23 +11,43 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 
 from qgraph.errors import RuntimeInputError
 
-__all__ = ["SAMPLE_RATE", "load_audio", "resample"]
+__all__ = ["AUDIO_SUFFIXES", "SAMPLE_RATE", "find_audio", "load_audio", "resample"]
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 """Rate every Qwen3-ASR component expects."""
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+"""What ``find_audio`` collects (every format soundfile reads without extra codecs)."""
+
 _ZERO_CROSSINGS = 32  # filter half-length, in periods of the lower of the two rates
 _ROLLOFF = 0.94  # cutoff as a fraction of the lower Nyquist frequency
 _KAISER_BETA = 9.0  # ~90 dB sidelobe attenuation
 _OUT_CHUNK = 1 << 16  # output samples computed per block (bounds the gather buffer)
+
+
+def find_audio(
+    folder: str | os.PathLike[str], what: str = "audio files", limit: int | None = None
+) -> list[Path]:
+    """The audio files under ``folder`` (recursively, sorted by path; the first ``limit``).
+
+    Raises ``RuntimeInputError`` naming ``what`` when the folder is missing or holds none.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise RuntimeInputError(f"{root}: not a folder of {what}")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise RuntimeInputError(f"{root}: no {what} ({', '.join(AUDIO_SUFFIXES)})")
+    return files[:limit]
 
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

@@ -13,8 +13,11 @@ Reported: per-component medians, the median end-to-end time, real-time factor (e
 audio duration), decode speed (tokens/s at 100 past tokens and during the end-to-end run) and
 peak resident memory of the process.
 
-On the sherpa-onnx layout (``SherpaSession``) ``decoder_init`` is the prefill call of its one
-``decoder`` graph and ``decoder_step`` its one-token calls over static caches.
+One loop for every family, through the session protocol (``qgraph.runtime.session``): on the
+sherpa-onnx layout ``decoder_init`` is the prefill call of its one ``decoder`` graph and
+``decoder_step`` its one-token calls over static caches; on Whisper the first and the cached
+calls of the merged decoder (at most one 30 s window of audio; the fixed cache replaces the
+self-attention entries only).
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from qgraph.errors import RuntimeInputError
 from qgraph.runtime.audio import load_audio
-from qgraph.runtime.decode import Timings
+from qgraph.runtime.session import Timings
 
 __all__ = ["BenchResult", "bench_audio", "peak_rss_bytes", "rss_bytes", "run_bench"]
 
@@ -147,26 +151,27 @@ def run_bench(
     audio: np.ndarray | None = None,
     share_weights: bool = True,
 ) -> BenchResult:
-    """Benchmark ``bundle_dir``; ``audio`` (16 kHz mono) overrides the built-in speech;
-    ``share_weights=False`` opens decoder_init and decoder_step as two sessions."""
+    """Benchmark ``bundle_dir`` with its family's session (any ``Session``); ``audio`` (16 kHz
+    mono) overrides the built-in speech; ``share_weights=False`` opens a Qwen3-ASR bundle's
+    decoder_init and decoder_step as two sessions."""
     if steps < 1 or repeat < 1 or past_tokens < 1:
         raise ValueError("steps, repeat and past_tokens must be >= 1")
-    from qgraph.runtime.eval import qwen3_session_class
+    from qgraph.families import open_session
 
     start = time.perf_counter()
-    session = qwen3_session_class(bundle_dir)(
-        bundle_dir, threads=threads, share_weights=share_weights
-    )
+    session = open_session(bundle_dir, threads=threads, share_weights=share_weights)
     load_s = time.perf_counter() - start
     rss_after_load = rss_bytes()
     samples = audio if audio is not None else bench_audio(audio_seconds, session.sample_rate)
+    if session.max_samples is not None and samples.size > session.max_samples:
+        seconds = session.max_samples / session.sample_rate
+        raise RuntimeInputError(f"this bundle's benchmark takes at most {seconds:.0f} s of audio")
     seconds = samples.size / session.sample_rate
 
     mel = session.features(samples)
     features = session.encode(mel)
-    prompt_ids, offset = session.prompt(int(features.shape[1]))
-    past_k, past_v = session.random_past(past_tokens)
-    token = prompt_ids[-1]
+    prompt = session.prompt_for(features)
+    fixed_step = session.fixed_step(past_tokens, features, prompt)
 
     rounds: list[tuple[Timings, list[float]]] = []
     for round_index in range(repeat + 1):  # round 0 is the warm-up
@@ -177,13 +182,11 @@ def run_bench(
         features = session.encode(mel)
         t2 = time.perf_counter()
         timings.mel_s, timings.encoder_s = t1 - t0, t2 - t1
-        session.generate(
-            features, prompt_ids, offset, steps + 1, stop_on_eos=False, timings=timings
-        )
+        session.greedy(features, prompt, steps + 1, stop_on_eos=False, timings=timings)
         fixed: list[float] = []
         for _ in range(steps):
             t = time.perf_counter()
-            session.step(token, past_tokens, past_k, past_v)
+            fixed_step()
             fixed.append(time.perf_counter() - t)
         if round_index:
             rounds.append((timings, fixed))
@@ -196,11 +199,11 @@ def run_bench(
         audio_seconds=seconds,
         mel_frames=int(mel.shape[-1]),
         audio_tokens=int(features.shape[1]),
-        prompt_length=len(prompt_ids),
+        prompt_length=len(prompt.ids),
         steps=steps,
         past_tokens=past_tokens,
         repeat=repeat,
         threads=threads,
         load_s=load_s,
-        decoder_sessions=1 if session.merged_decoders else 2,
+        decoder_sessions=session.decoder_sessions,
     )

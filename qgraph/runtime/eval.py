@@ -1,8 +1,7 @@
 """Accuracy and speed of a bundle on labelled audio: WER (jiwer), RTF, a per-utterance report.
 
 ``evaluate(bundle, data_dir)`` transcribes every utterance of ``data_dir`` with the reference
-runtime of the bundle's family (``open_session``: ``WhisperSession`` for ``whisper`` bundles,
-``SherpaSession`` for the sherpa-onnx layout, ``AsrSession`` otherwise; anything with
+runtime of the bundle's family (``qgraph.families.open_session``; anything with
 ``transcribe(samples, language=...) -> Transcript`` and a ``sample_rate`` works) and scores it.
 
 Data folder (searched recursively): audio files (``.wav``, ``.flac``, ``.ogg``), each with its
@@ -35,10 +34,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from qgraph.errors import QGraphError, RuntimeInputError
-from qgraph.runtime.audio import load_audio
+from qgraph.families import open_session
+from qgraph.runtime.audio import find_audio, load_audio
 
 __all__ = [
-    "AUDIO_SUFFIXES",
     "EvalReport",
     "Transcriber",
     "Utterance",
@@ -46,13 +45,11 @@ __all__ = [
     "evaluate",
     "load_dataset",
     "normalize",
-    "open_session",
     "score",
 ]
 
 logger = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 _TAGS = re.compile(r"\[[^\]]*\]|\([^)]*\)|<[^>]*>")
 
 
@@ -62,27 +59,6 @@ class Transcriber(Protocol):
     sample_rate: int
 
     def transcribe(self, audio: np.ndarray, *, language: str | None = None) -> Any: ...
-
-
-def open_session(bundle_dir: str | os.PathLike[str], *, threads: int | None = None) -> Transcriber:
-    """The reference runtime for the bundle's family: ``WhisperSession`` (``whisper``),
-    ``SherpaSession`` (``qwen3-asr-sherpa``) or ``AsrSession`` (``qwen3-asr``)."""
-    from qgraph.runtime.whisper import WhisperSession, is_whisper_bundle
-
-    if is_whisper_bundle(bundle_dir):
-        return WhisperSession(bundle_dir, threads=threads)
-    return qwen3_session_class(bundle_dir)(bundle_dir, threads=threads)
-
-
-def qwen3_session_class(bundle_dir: str | os.PathLike[str]) -> type:
-    """``SherpaSession`` for the sherpa-onnx layout, ``AsrSession`` for qgraph's own."""
-    from qgraph.runtime.sherpa import SherpaSession, is_sherpa_bundle
-
-    if is_sherpa_bundle(bundle_dir):
-        return SherpaSession
-    from qgraph.runtime.decode import AsrSession
-
-    return AsrSession
 
 
 def normalize(text: str) -> str:
@@ -187,8 +163,7 @@ class EvalReport:
 def load_dataset(data_dir: str | os.PathLike[str]) -> list[Utterance]:
     """Audio files under ``data_dir`` with their reference texts, sorted by path."""
     root = Path(data_dir)
-    if not root.is_dir():
-        raise RuntimeInputError(f"{root}: not a folder of audio files")
+    files = find_audio(root)
     listed: dict[Path, str] = {}
     for trans in root.rglob("*.trans.txt"):
         for line in trans.read_text(encoding="utf-8").splitlines():
@@ -196,7 +171,7 @@ def load_dataset(data_dir: str | os.PathLike[str]) -> list[Utterance]:
                 uid, _, text = line.strip().partition(" ")
                 listed[trans.parent / uid] = text
     out = []
-    for audio in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
+    for audio in files:
         own = audio.with_suffix(".txt")
         if own.is_file():
             text = own.read_text(encoding="utf-8")
@@ -207,8 +182,6 @@ def load_dataset(data_dir: str | os.PathLike[str]) -> list[Utterance]:
         if not normalize(text):
             raise RuntimeInputError(f"{audio}: the reference transcript is empty")
         out.append(Utterance(audio.relative_to(root).with_suffix("").as_posix(), audio, text))
-    if not out:
-        raise RuntimeInputError(f"{root}: no audio files ({', '.join(AUDIO_SUFFIXES)})")
     return out
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,13 @@ OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
 class Component:
-    """One ORT session with its declared input element types and output names."""
+    """One ORT session with its declared input element types and output names.
+
+    ``observer``, when set, is called with ``(name, outputs)`` after every ``run``
+    (``qgraph.runtime.session.observe``).
+    """
+
+    observer: Callable[[str, Mapping[str, np.ndarray]], None] | None = None
 
     def __init__(
         self, name: str, path: Path, options: Any, providers: list[str], model: bytes | None = None
@@ -67,6 +73,12 @@ class Component:
             )
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self._run(feeds)
+        if self.observer is not None:
+            self.observer(self.name, out)
+        return out
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         cast = {
             name: np.asarray(value, dtype=self.input_types[name]) for name, value in feeds.items()
         }

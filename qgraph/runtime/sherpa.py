@@ -17,46 +17,23 @@ that drives the three sherpa-onnx graphs the way sherpa-onnx does
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from qgraph.errors import BundleError, RuntimeInputError
-from qgraph.runtime.decode import AsrSession
 from qgraph.runtime.files import component_path
 from qgraph.runtime.ort import Component, session_options
 from qgraph.runtime.prompt import n_audio_tokens
+from qgraph.runtime.qwen3 import AsrSession
 
-__all__ = ["FAMILY", "SherpaSession", "is_sherpa_bundle"]
+__all__ = ["SherpaSession"]
 
 logger = logging.getLogger(__name__)
 
-FAMILY = "qwen3-asr-sherpa"
 COMPONENTS = ("conv_frontend", "encoder", "decoder")
 _DECODER_INPUTS = ("input_ids", "audio_features", "attention_mask", "cache_position")
-
-
-def is_sherpa_bundle(bundle_dir: str | os.PathLike[str]) -> bool:
-    """True when the manifest's family is ``qwen3-asr-sherpa`` or ``config.json`` names the
-    ``sherpa-onnx`` layout."""
-    root = Path(bundle_dir)
-    for name, read in (
-        ("qgraph.json", lambda d: d.get("family")),
-        ("config.json", lambda d: (d.get("layout") or {}).get("name")),
-    ):
-        try:
-            if read(json.loads((root / name).read_text(encoding="utf-8"))) in (
-                FAMILY,
-                "sherpa-onnx",
-            ):
-                return True
-        except (OSError, ValueError, AttributeError):
-            continue
-    return False
 
 
 class SherpaSession(AsrSession):
@@ -91,6 +68,9 @@ class SherpaSession(AsrSession):
         hidden = self.decoder.input_shapes["audio_features"][2]
         # the audio rows a step never reads (its token is not <|audio_pad|>)
         self._no_audio = np.zeros((1, 1, hidden if isinstance(hidden, int) else 1), np.float32)
+
+    def components(self) -> list[Component]:
+        return [self.conv_frontend, self.encoder, self.decoder]
 
     def encode(self, mel: np.ndarray) -> np.ndarray:
         """``audio_features [1, N, H]`` for the valid conv tokens."""

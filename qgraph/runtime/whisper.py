@@ -19,7 +19,6 @@ call). Inputs are cast to the types the sessions declare. Depends on numpy and o
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -30,31 +29,17 @@ import numpy as np
 
 from qgraph.errors import BundleError, RuntimeInputError
 from qgraph.runtime.audio import SAMPLE_RATE, load_audio
-from qgraph.runtime.bench import BenchResult, bench_audio, rss_bytes
-from qgraph.runtime.decode import Timings, Transcript
 from qgraph.runtime.files import component_path, load_tokenizer, read_config, read_json
 from qgraph.runtime.mel import log_mel
 from qgraph.runtime.ort import Component, session_options
 from qgraph.runtime.prompt import LANGUAGES
+from qgraph.runtime.session import Prompt, Timings, Transcript
 
-__all__ = ["FAMILY", "WhisperSession", "bench_whisper", "is_whisper_bundle"]
+__all__ = ["WhisperSession"]
 
 logger = logging.getLogger(__name__)
 
-FAMILY = "whisper"
 ENCODER, DECODER = "encoder_model", "decoder_model_merged"
-
-
-def is_whisper_bundle(bundle_dir: str | os.PathLike[str]) -> bool:
-    """True when the manifest's family or ``config.json``'s ``model_type`` is ``whisper``."""
-    root = Path(bundle_dir)
-    for name, key in (("qgraph.json", "family"), ("config.json", "model_type")):
-        try:
-            if json.loads((root / name).read_text(encoding="utf-8")).get(key) == FAMILY:
-                return True
-        except (OSError, ValueError, AttributeError):
-            continue
-    return False
 
 
 def _component(root: Path, name: str, options: Any, providers: list[str]) -> Component:
@@ -71,8 +56,11 @@ def _component(root: Path, name: str, options: Any, providers: list[str]) -> Com
 class WhisperSession:
     """A loaded Whisper bundle. Create once, call ``transcribe`` many times.
 
-    ``threads``, ``optimization`` and ``providers`` are as for ``AsrSession``.
+    ``threads``, ``optimization`` and ``providers`` are as for ``AsrSession``; ``share_weights``
+    is accepted for the session protocol (the merged decoder is one session already).
     """
+
+    decoder_sessions = 1
 
     def __init__(
         self,
@@ -81,7 +69,9 @@ class WhisperSession:
         threads: int | None = None,
         optimization: str = "all",
         providers: list[str] | None = None,
+        share_weights: bool = True,
     ) -> None:
+        del share_weights
         self.bundle_dir = root = Path(bundle_dir)
         self.config = read_config(root)
         gen = read_json(root, "generation_config.json")
@@ -117,7 +107,7 @@ class WhisperSession:
         self.frames = int(pre.get("nb_max_frames", 3000))
         self.hop = int(pre.get("hop_length", 160))
         self.sample_rate = int(pre.get("sampling_rate", SAMPLE_RATE))
-        self.n_samples = self.frames * self.hop
+        self.n_samples = self.max_samples = self.frames * self.hop
         logger.info("loaded %s (%d mels, %d-sample windows)", root, self.n_mels, self.n_samples)
 
     # -- phases ---------------------------------------------------------------------------------
@@ -223,6 +213,42 @@ class WhisperSession:
         body = [t for t in token_ids if t < self.eos]  # text ids precede <|endoftext|>
         return self.tokenizer.decode(body, skip_special_tokens=True).strip()
 
+    # -- the session protocol (qgraph.runtime.session) ------------------------------------------
+    def components(self) -> list[Component]:
+        return [self.encoder, self.decoder]
+
+    def read_audio(self, audio: np.ndarray | str | os.PathLike[str]) -> np.ndarray:
+        return _read_audio(audio, self.sample_rate)
+
+    def prompt_for(self, features: np.ndarray, language: str | None = None) -> Prompt:
+        return Prompt(self.prompt(self.resolve_language(language) if language else "en"))
+
+    def greedy(
+        self,
+        features: np.ndarray,
+        prompt: Prompt,
+        max_tokens: int,
+        *,
+        stop_on_eos: bool = True,
+        timings: Timings | None = None,
+    ) -> tuple[list[int], str]:
+        return self.generate(
+            features, prompt.ids, max_tokens, stop_on_eos=stop_on_eos, timings=timings
+        )
+
+    def fixed_step(self, past_tokens: int, features: np.ndarray, prompt: Prompt) -> Any:
+        """One cached step on ``past_tokens`` random self-attention entries (the cross-attention
+        cache is the real one of ``features``)."""
+        _, past = self.decode(prompt.ids, features, None)
+        rng = np.random.default_rng(0)
+        fixed = {
+            n: (0.1 * rng.standard_normal((*v.shape[:2], past_tokens, v.shape[3]))).astype(v.dtype)
+            if ".decoder." in n
+            else v
+            for n, v in past.items()
+        }
+        return lambda: self.decode(prompt.ids[-1:], features, fixed)
+
     # -- end to end -----------------------------------------------------------------------------
     def transcribe(
         self,
@@ -277,71 +303,3 @@ def _read_audio(audio: np.ndarray | str | os.PathLike[str], rate: int) -> np.nda
     if samples.ndim != 1 or samples.size == 0 or not np.all(np.isfinite(samples)):
         raise RuntimeInputError(f"audio must be non-empty, finite 1-D samples at {rate} Hz")
     return samples
-
-
-def bench_whisper(
-    bundle_dir: str | os.PathLike[str],
-    *,
-    audio_seconds: float = 11.0,
-    steps: int = 30,
-    repeat: int = 5,
-    past_tokens: int = 100,
-    threads: int | None = None,
-    audio: np.ndarray | None = None,
-) -> BenchResult:
-    """``qgraph.runtime.bench.run_bench`` for Whisper bundles (same rounds, same fields).
-
-    A round: log-mel and encoder of the (at most 30 s) audio, the first decoder call on the
-    prompt, exactly ``steps`` cached steps (EOS ignored), then ``steps`` steps on a fixed cache of
-    ``past_tokens`` random self-attention entries. One warm-up round is not counted.
-    """
-    if steps < 1 or repeat < 1 or past_tokens < 1:
-        raise ValueError("steps, repeat and past_tokens must be >= 1")
-    start = time.perf_counter()
-    session = WhisperSession(bundle_dir, threads=threads)
-    load_s = time.perf_counter() - start
-    rss_after_load = rss_bytes()
-    samples = audio if audio is not None else bench_audio(audio_seconds, session.sample_rate)
-    if samples.size > session.n_samples:
-        raise RuntimeInputError("the Whisper benchmark takes at most one 30 s window of audio")
-    seconds = samples.size / session.sample_rate
-    hidden = session.encode(session.features(samples))
-    prompt = session.prompt()
-    _, past = session.decode(prompt, hidden, None)
-    rng = np.random.default_rng(0)
-    fixed = {
-        n: (0.1 * rng.standard_normal((*v.shape[:2], past_tokens, v.shape[3]))).astype(v.dtype)
-        if ".decoder." in n
-        else v
-        for n, v in past.items()
-    }
-    rounds: list[tuple[Timings, list[float]]] = []
-    for round_index in range(repeat + 1):  # round 0 is the warm-up
-        timings = Timings(audio_s=seconds)
-        t0 = time.perf_counter()
-        mel = session.features(samples)
-        t1 = time.perf_counter()
-        hidden = session.encode(mel)
-        timings.mel_s, timings.encoder_s = t1 - t0, time.perf_counter() - t1
-        session.generate(hidden, prompt, steps + 1, stop_on_eos=False, timings=timings)
-        step_s = []
-        for _ in range(steps):
-            t = time.perf_counter()
-            session.decode([prompt[-1]], hidden, fixed)
-            step_s.append(time.perf_counter() - t)
-        if round_index:
-            rounds.append((timings, step_s))
-    return BenchResult.from_rounds(
-        rounds,
-        rss_after_load=rss_after_load,
-        bundle=str(bundle_dir),
-        audio_seconds=seconds,
-        mel_frames=int(mel.shape[-1]),
-        audio_tokens=int(hidden.shape[1]),
-        prompt_length=len(prompt),
-        steps=steps,
-        past_tokens=past_tokens,
-        repeat=repeat,
-        threads=threads,
-        load_s=load_s,
-    )

@@ -15,6 +15,7 @@ from qgraph.cli import main  # noqa: E402
 from qgraph.errors import ExportError  # noqa: E402
 from qgraph.export.qwen3_asr import build_model, export_qwen3_asr  # noqa: E402, TID251
 from qgraph.export.qwen3_asr.sidefiles import tokenizer_files  # noqa: E402, TID251
+from qgraph.families import Family  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +129,13 @@ def test_cli_prints_one_line_and_exits_1(tmp_path: Path, capsys: pytest.CaptureF
     assert not (tmp_path / "o").exists()
 
 
-def test_cli_family_choices_match_the_exporters() -> None:
-    from qgraph.commands.export import FAMILY_CHOICES
-    from qgraph.export import FAMILIES  # noqa: TID251
+def test_every_registered_exporter_and_validator_resolves() -> None:
+    from qgraph.commands.export import exportable, import_exporter
 
-    assert set(FAMILY_CHOICES) == set(FAMILIES)
+    assert {name for name, _ in exportable()} == {"qwen3-asr", "whisper"}
+    for family in exportable().values():
+        assert callable(import_exporter(family, "exporter"))
+        assert callable(import_exporter(family, "validate"))
 
 
 def test_missing_torch_is_an_export_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,4 +145,4 @@ def test_missing_torch_is_an_export_error(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ExportError, match=r"pip install 'qgraph\[export\]'"):
-        import_exporter("exporter_needing_torch")
+        import_exporter(Family("toy", "", exporter="exporter_needing_torch:export"))

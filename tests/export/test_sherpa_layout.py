@@ -28,11 +28,11 @@ from qgraph.export.qwen3_asr.sherpa import (
     export_sherpa,
     sherpa_tokenizer_files,
 )
+from qgraph.families import open_session
 from qgraph.manager import run_pipeline
 from qgraph.pipeline import expand
 from qgraph.registry import default_registry
 from qgraph.runtime.audio import load_audio
-from qgraph.runtime.eval import open_session
 from qgraph.runtime.mel import log_mel
 from qgraph.runtime.prompt import build_prompt_ids, n_audio_tokens
 from qgraph.runtime.sherpa import SherpaSession

@@ -16,8 +16,10 @@ from qgraph.bundle import Bundle  # noqa: E402
 from qgraph.errors import RuntimeInputError  # noqa: E402
 from qgraph.examples import example_audio  # noqa: E402
 from qgraph.export.whisper.validate import validate_whisper  # noqa: E402
+from qgraph.families import family_of  # noqa: E402
 from qgraph.runtime.audio import load_audio  # noqa: E402
-from qgraph.runtime.whisper import WhisperSession, bench_whisper, is_whisper_bundle  # noqa: E402
+from qgraph.runtime.bench import run_bench  # noqa: E402
+from qgraph.runtime.whisper import WhisperSession  # noqa: E402
 from tests.export.whisper_bundles import tiny_whisper  # noqa: E402
 
 
@@ -79,17 +81,25 @@ def test_bad_inputs(session: WhisperSession) -> None:
 
 
 def test_family_detection_and_folder_without_manifest(bundle_dir: Path, tmp_path: Path) -> None:
-    assert is_whisper_bundle(bundle_dir)
+    assert family_of(bundle_dir).name == "whisper"
     plain = tmp_path / "plain"
     shutil.copytree(bundle_dir, plain)
     (plain / "qgraph.json").unlink()  # an onnx-community style folder
-    assert is_whisper_bundle(plain)
+    assert family_of(plain).name == "whisper"  # config.json's model_type
+    assert Bundle.load(plain).roles() == {
+        "encoder_model": "encoder",
+        "decoder_model_merged": "merged-decoder",
+    }
     (plain / "config.json").write_text('{"model_type": "qwen3_asr"}')
-    assert not is_whisper_bundle(plain)
+    assert family_of(plain).name == "whisper"  # its two components
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "qwen3_asr"}')
+    assert family_of(other).name == "generic"
 
 
 def test_bench(bundle_dir: Path, speech) -> None:
-    result = bench_whisper(bundle_dir, steps=2, repeat=1, audio=speech)
+    result = run_bench(bundle_dir, steps=2, repeat=1, audio=speech)
     assert result.audio_tokens == 1500 and result.prompt_length == 2
     assert result.decoder_step_ms > 0 and result.rtf > 0
 

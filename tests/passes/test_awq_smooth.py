@@ -6,7 +6,7 @@ import onnx_ir as ir
 import pytest
 
 from qgraph.bundle import Bundle
-from qgraph.errors import BundleError
+from qgraph.errors import RuntimeInputError
 from qgraph.examples import example_audio
 from qgraph.instruments import verify
 from qgraph.manager import run_pipeline
@@ -159,5 +159,5 @@ def test_calibrates_on_audio_through_the_runtime(tiny_raw, tmp_path):
     p = AwqSmooth(audio=str(audio), max_files=1, max_tokens=3)
     check = check_bundle_pass(p, bundle, dims={"seq": 12, "audio_tokens": 4})
     assert check.stats == {"groups smoothed": 4, "skipped:role lm_head not selected": 1}
-    with pytest.raises(BundleError, match="no calibration audio"):
+    with pytest.raises(RuntimeInputError, match="no calibration audio"):
         AwqSmooth(audio=str(tmp_path / "empty"))(block_bundle())

@@ -31,6 +31,6 @@ def test_float32_is_exact():
 
 def test_does_not_fire_without_plain_lookup():
     bundle = decoder_bundle()
-    p = ExtractEmbedFp16(component="decoder_step", input="nope")
+    p = ExtractEmbedFp16(on=("decoder_step",), input="nope")
     check = check_bundle_pass(p, bundle, expect_modified=False)
     assert check.stats == {"skipped:no input nope": 1}

@@ -36,7 +36,7 @@ def test_keep_tied_and_nothing_to_untie():
 
 def test_unties_the_lm_head_both_if_branches_read_once():
     bundle = merged_decoder_bundle()
-    p = InlineLmHead(components=("decoder_model_merged",))
+    p = InlineLmHead(on=("decoder_model_merged",))
     check = check_bundle_pass(p, bundle)
     assert check.stats == {"untied": 1, "embedding reads lm_head": 2}
     model = bundle.components["decoder_model_merged"]

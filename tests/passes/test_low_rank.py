@@ -125,9 +125,9 @@ def test_no_mel_input_is_left_alone() -> None:
 
 
 def test_bad_calibration_folder(tmp_path: Path) -> None:
-    from qgraph.errors import PassFailure
+    from qgraph.errors import RuntimeInputError
 
-    with pytest.raises(PassFailure, match="no calibration audio"):
+    with pytest.raises(RuntimeInputError, match="no calibration audio"):
         LowRank(calibration=str(tmp_path))(_encoder())
 
 

@@ -12,8 +12,9 @@ import soundfile as sf
 
 from qgraph.errors import RuntimeInputError
 from qgraph.examples import EXAMPLE_LONG_TEXT, EXAMPLE_TEXT, example_audio, example_long_audio
-from qgraph.runtime.decode import Timings, Transcript
-from qgraph.runtime.eval import evaluate, load_dataset, normalize, open_session, score
+from qgraph.families import open_session
+from qgraph.runtime.eval import evaluate, load_dataset, normalize, score
+from qgraph.runtime.session import Timings, Transcript
 
 pytest.importorskip("jiwer")
 

@@ -24,7 +24,6 @@ import math
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +49,7 @@ from qgraph.runtime.prompt import (
     resolve_language,
     split_language_prefix,
 )
+from qgraph.runtime.session import Prompt, Timings, Transcript
 
 __all__ = ["AsrSession", "Timings", "Transcript", "default_max_tokens", "transcribe"]
 
@@ -65,73 +65,6 @@ def default_max_tokens(audio_seconds: float) -> int:
     ``language X<asr_text>`` prefix and keeps a looping model from running unbounded.
     """
     return 32 + math.ceil(10.0 * max(audio_seconds, 0.0))
-
-
-@dataclass
-class Timings:
-    """Wall-clock seconds of each phase of one transcription."""
-
-    audio_s: float = 0.0
-    mel_s: float = 0.0
-    encoder_s: float = 0.0
-    prefill_s: float = 0.0
-    step_s: list[float] = field(default_factory=list)
-
-    @property
-    def decode_s(self) -> float:
-        return float(sum(self.step_s))
-
-    @property
-    def total_s(self) -> float:
-        return self.mel_s + self.encoder_s + self.prefill_s + self.decode_s
-
-    @property
-    def rtf(self) -> float:
-        """Real-time factor: processing time / audio duration (lower is faster)."""
-        return self.total_s / self.audio_s if self.audio_s > 0 else float("nan")
-
-    @property
-    def step_tokens_per_s(self) -> float:
-        """Decode speed over the ``decoder_step`` calls."""
-        return len(self.step_s) / self.decode_s if self.decode_s > 0 else float("nan")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.update(
-            decode_s=self.decode_s,
-            total_s=self.total_s,
-            rtf=self.rtf,
-            step_tokens_per_s=self.step_tokens_per_s,
-        )
-        return out
-
-
-@dataclass
-class Transcript:
-    """Result of ``transcribe``.
-
-    ``token_ids`` are all generated ids (the ``language X<asr_text>`` prefix included, and the
-    EOS id last when ``finish_reason == "eos"``); ``text`` is the transcript alone.
-    """
-
-    token_ids: list[int]
-    text: str
-    language: str | None
-    timings: Timings
-    finish_reason: str
-    prompt_length: int
-    n_audio_tokens: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "language": self.language,
-            "token_ids": list(self.token_ids),
-            "finish_reason": self.finish_reason,
-            "prompt_length": self.prompt_length,
-            "n_audio_tokens": self.n_audio_tokens,
-            "timings": self.timings.to_dict(),
-        }
 
 
 class _Branch(Component):
@@ -150,8 +83,8 @@ class _Branch(Component):
                 shape = [d if isinstance(d, int) else 0 for d in merged.input_shapes[other]]
                 self._fill[other] = np.zeros(shape, dtype=dtype)
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._merged.run({**self._fill, **feeds})
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self._merged._run({**self._fill, **feeds})
 
 
 def _open_merged(
@@ -198,6 +131,7 @@ class AsrSession:
 
     capacity: int | None = None
     """Positions the KV cache holds (prompt + generated tokens); None: unbounded."""
+    max_samples: int | None = None
 
     def __init__(
         self,
@@ -386,6 +320,41 @@ class AsrSession:
             return text, lang
         prefix_text = self.tokenizer.decode(prefix, skip_special_tokens=True)
         return text, parse_transcript(prefix_text + "<asr_text>")[0]
+
+    # -- the session protocol (qgraph.runtime.session) ------------------------------------------
+    @property
+    def decoder_sessions(self) -> int:
+        return 1 if self.merged_decoders else 2
+
+    def components(self) -> list[Component]:
+        return [self.encoder, self.decoder_init, self.decoder_step]
+
+    def prompt_for(
+        self, features: np.ndarray, language: str | None = None, context: str = ""
+    ) -> Prompt:
+        return Prompt(*self.prompt(int(features.shape[1]), language, context))
+
+    def greedy(
+        self,
+        features: np.ndarray,
+        prompt: Prompt,
+        max_tokens: int,
+        *,
+        stop_on_eos: bool = True,
+        timings: Timings | None = None,
+    ) -> tuple[list[int], str]:
+        return self.generate(
+            features,
+            prompt.ids,
+            prompt.offset,
+            max_tokens,
+            stop_on_eos=stop_on_eos,
+            timings=timings,
+        )
+
+    def fixed_step(self, past_tokens: int, features: np.ndarray, prompt: Prompt) -> Any:
+        keys, values = self.random_past(past_tokens)
+        return lambda: self.step(prompt.ids[-1], past_tokens, keys, values)
 
     # -- end to end -----------------------------------------------------------------------------
     def transcribe(
