@@ -82,7 +82,7 @@ INT4_DECODER = "quantize-int4"
 read Transpose(embed_tokens)), inside both If branches of decoder_model_merged (each weight
 packed once); the encoder stays FP32."""
 INT4 = "quantize-int4{roles=[encoder,q,k,v,o,other,lm_head]}"
-LOW_RANK = "low-rank{calibration=CAL}"
+LOW_RANK = "low-rank{audio=CAL}"
 LOW_RANK_FC1 = "hygiene," + LOW_RANK.replace("{", "{exclude=[*self_attn*,*fc2],") + ",fp32"
 VARIANTS: dict[str, str | None] = {
     "raw": None,

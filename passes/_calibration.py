@@ -58,23 +58,13 @@ def calibration_outputs(
             yield from _generated_runs(comps, wanted, Path(tmp), samples)
 
 
-def _session(model: ir.Model, path: Path):
-    import onnxruntime as ort
-
-    ir.save(model, path, external_data=path.name + ".data")
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def _generated_runs(comps, wanted, tmp: Path, samples: int):
-    from qgraph.instruments.verify import sample_inputs
+    from qgraph.instruments.verify import model_session, sample_inputs
 
     for c, model in comps.items():
         names = [v.name for v in wanted[c]]
         feeds = [sample_inputs(model, seed=seed) for seed in range(samples)]
-        sess = _session(model, tmp / f"{c.replace('/', '_')}.onnx")
+        sess = model_session(model, tmp / f"{c.replace('/', '_')}.onnx", "basic")
         for feed in feeds:
             yield c, dict(zip(names, sess.run(names, feed), strict=True))
         del sess

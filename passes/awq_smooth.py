@@ -136,7 +136,7 @@ class AwqSmooth(BundlePass):
     bits: int = option(4, "bits the search simulates", choices=(4, 8))
     block_size: int = option(64, "block size the search simulates", choices=(16, 32, 64, 128, 256))
     symmetric: bool = option(False, "symmetric blocks in the search")
-    audio: str = option("", "folder of calibration audio (.wav/.flac); empty: generated inputs")
+    audio: str = option("", "folder of calibration audio; empty: generated inputs")
     max_files: int = option(32, "calibration files used at most")
     max_tokens: int = option(32, "greedy decode steps per calibration file")
     samples: int = option(4, "generated input sets per component (without audio)")

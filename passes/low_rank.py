@@ -18,7 +18,7 @@ projections) or ``mlp_threshold`` (fc1/fc2, gate/up/down) of the variance, the d
 LiteASR's published ``--rank_threshold 0.99:0.999``. A MatMul without a bias Add gets one.
 
 Calibration: the component must take one float input ``[1, n_mels, T]`` (a log-mel); it is fed
-the Whisper/Qwen log-mel (``qgraph.runtime.mel``) of the audio files under ``calibration``
+the Whisper/Qwen log-mel (``qgraph.runtime.mel``) of the audio files under ``audio``
 (default: the built-in example speech), padded or cut to ``T`` frames when ``T`` is static.
 Calibration audio must not be the audio a WER is reported on.
 
@@ -152,7 +152,7 @@ class _Stats:
 
 def _collect(model: ir.Model, values: dict[str, tuple[ir.Value, int]], feeds: list[dict]) -> dict:
     """Statistics of ``values`` (name -> (value, width)) over ONNX Runtime runs on ``feeds``."""
-    import onnxruntime as ort
+    from qgraph.instruments.verify import model_session
 
     stats = {name: _Stats(width) for name, (_, width) in values.items()}
     extra = [v for v, _ in values.values() if not v.is_graph_output() and not v.is_graph_input()]
@@ -162,12 +162,7 @@ def _collect(model: ir.Model, values: dict[str, tuple[ir.Value, int]], feeds: li
     model.graph.outputs.extend(extra)
     try:
         with tempfile.TemporaryDirectory(prefix="qgraph-low-rank-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            ir.save(model, path, external_data="model.onnx.data")
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-            opts.log_severity_level = 3
-            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            sess = model_session(model, Path(tmp) / "model.onnx")
             names = [v.name for v in extra]
             for feed in feeds:
                 out = dict(zip(names, sess.run(names, feed), strict=True)) | feed
@@ -239,7 +234,7 @@ class LowRank(GraphPass):
     attention_threshold: float = option(0.99, "explained variance kept in q/k/v/out projections")
     mlp_threshold: float = option(0.999, "explained variance kept in fc1/fc2 (MLP) layers")
     exclude: tuple[str, ...] = option((), "fnmatch patterns on module scope / weight name to skip")
-    calibration: str = option("", "folder of calibration audio (default: the built-in speech)")
+    audio: str = option("", "folder of calibration audio (default: the built-in speech)")
     max_files: int = option(16, "calibration files used at most")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -250,7 +245,7 @@ class LowRank(GraphPass):
         if mel is None:
             self.count("skipped:no log-mel input", len(sites))
             return ir.passes.PassResult(model, False)
-        mels = calibration_mels(self.calibration, mel[1], mel[2], self.max_files)
+        mels = calibration_mels(self.audio, mel[1], mel[2], self.max_files)
         inputs = {s.node.inputs[0].name: (s.node.inputs[0], s.weight.shape[0]) for s in sites}
         stats = _collect(model, inputs, [{mel[0]: m} for m in mels])
         modified = False

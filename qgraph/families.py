@@ -64,7 +64,6 @@ DECODER_ROLES = (PREFILL, STEP, DECODER, MERGED_DECODER)
 """Every role that produces logits (the graphs an lm_head lives in)."""
 
 ENTRY_POINT_GROUP = "qgraph.families"
-MANIFEST = "qgraph.json"
 GENERIC = "generic"
 
 
@@ -205,7 +204,9 @@ def family_of(bundle_dir: str | os.PathLike[str]) -> Family:
     root = Path(bundle_dir)
     if not root.is_dir():
         return GENERIC_FAMILY
-    manifest = _read_json(root / MANIFEST) or None
+    from qgraph.runtime.files import read_manifest
+
+    manifest = read_manifest(root)
     name = (manifest or {}).get("family")
     if name and name != GENERIC:
         return get_family(name)

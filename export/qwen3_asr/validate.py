@@ -17,10 +17,9 @@ so peak memory is one copy of the model, not two.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +27,22 @@ import numpy as np
 import torch
 
 from qgraph.errors import VerificationError
-from qgraph.export.compare import first_mismatch, max_diff
 from qgraph.families import open_session
 from qgraph.runtime import AsrSession, default_max_tokens
 from qgraph.runtime.files import load_tokenizer, read_config
 from qgraph.runtime.mel import log_mel
 from qgraph.runtime.prompt import SpecialTokens, build_prompt_ids
+from qgraph.validation import (
+    DEFAULT_TOLERANCE,
+    ClipResult,
+    ValidationReport,
+    first_mismatch,
+    max_diff,
+)
 
 from .configs import build_model
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_TOLERANCE = 1e-3
-"""Allowed max abs diff, relative to ``max(1, max|reference|)``, for features and logits."""
 
 _CHECKED_SHAPES = (
     ("decoder", "num_layers", "num_hidden_layers"),
@@ -49,92 +51,6 @@ _CHECKED_SHAPES = (
     ("encoder", "num_layers", "encoder_layers"),
     ("encoder", "hidden_size", "d_model"),
 )
-
-
-@dataclass
-class ClipResult:
-    """Numbers for one clip; ``ok`` is the verdict."""
-
-    name: str
-    seconds: float
-    frames: int
-    audio_tokens: int
-    encoder_max_abs: float
-    logits_max_abs: float
-    onnx_tokens: list[int]
-    torch_tokens: list[int]
-    first_mismatch: int | None
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-@dataclass
-class ValidationReport:
-    """All clips of one ``validate_bundle`` run."""
-
-    bundle: str
-    reference: str
-    tolerance: float
-    clips: list[ClipResult]
-
-    @property
-    def ok(self) -> bool:
-        return all(c.ok for c in self.clips)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "bundle": self.bundle,
-            "reference": self.reference,
-            "tolerance": self.tolerance,
-            "ok": self.ok,
-            "clips": [{**asdict(c), "ok": c.ok} for c in self.clips],
-        }
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    def table(self) -> str:
-        """A fixed-width table, one row per clip, then the verdict."""
-        head = ("clip", "sec", "frames", "audio", "encoder diff", "logits diff", "tokens", "ok")
-        rows = [head]
-        for c in self.clips:
-            same = len(c.onnx_tokens) if c.first_mismatch is None else c.first_mismatch
-            rows.append(
-                (
-                    c.name,
-                    f"{c.seconds:.2f}",
-                    str(c.frames),
-                    str(c.audio_tokens),
-                    f"{c.encoder_max_abs:.2e}",
-                    f"{c.logits_max_abs:.2e}",
-                    f"{same}/{max(len(c.onnx_tokens), len(c.torch_tokens))}",
-                    "yes" if c.ok else "NO",
-                )
-            )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        lines = [
-            "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
-            for r in rows
-        ]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        for c in self.clips:
-            lines.extend(f"{c.name}: {p}" for p in c.problems)
-        passed = sum(c.ok for c in self.clips)
-        verdict = "PASS" if self.ok else "FAIL"
-        lines.append(f"{verdict}: {passed}/{len(self.clips)} clips match {self.reference}")
-        return "\n".join(lines)
-
-    def raise_for_failure(self) -> None:
-        """Raise VerificationError naming the first failing clip, if any failed."""
-        bad = [c for c in self.clips if not c.ok]
-        if bad:
-            raise VerificationError(
-                f"{len(bad)} of {len(self.clips)} clips differ from {self.reference}: "
-                f"{bad[0].name}: {bad[0].problems[0]}"
-            )
 
 
 @dataclass

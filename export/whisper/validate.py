@@ -10,8 +10,8 @@ prompt (``WhisperSession.prompt``):
   ``generation_config.json`` (greedy, same ``suppress_tokens`` / ``begin_suppress_tokens``, same
   budget), token for token; the ONNX side's final ``<|endoftext|>`` is not compared (HF strips it).
 
-Reports use ``ClipResult`` / ``ValidationReport`` of the qwen3-asr validator (same table, JSON and
-verdict). Clips longer than one 30 s window are refused.
+Reports use ``qgraph.validation``'s ``ClipResult`` / ``ValidationReport`` (the same table, JSON
+and verdict as every family). Clips longer than one 30 s window are refused.
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ import torch
 from transformers import GenerationConfig
 
 from qgraph.errors import VerificationError
-from qgraph.export.compare import first_mismatch, max_diff
-from qgraph.export.qwen3_asr.validate import (
+from qgraph.runtime.whisper import WhisperSession
+from qgraph.validation import (
     DEFAULT_TOLERANCE,
     ClipResult,
     ValidationReport,
+    first_mismatch,
+    max_diff,
 )
-from qgraph.runtime.whisper import WhisperSession
 
 from .configs import build_model, resolve_source
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -60,17 +61,24 @@ def input_signature(model: ir.Model) -> list[tuple]:
     ]
 
 
-def run_model(model: ir.Model, feeds: dict, workdir: Path | None = None) -> dict[str, np.ndarray]:
-    """Save ``model`` to a scratch folder and run it in ORT (CPU, no graph optimisations)."""
+def model_session(model: ir.Model, path: Path, optimization: str = "disable") -> Any:
+    """Save the in-memory ``model`` to ``path`` (weights in ``<path>.data``) and open it in ONNX
+    Runtime on the CPU at graph ``optimization`` level (``qgraph.runtime.ort.OPT_LEVELS``): the
+    one way instruments and calibrating passes run a model they hold."""
     import onnxruntime as ort
 
+    from qgraph.runtime.ort import session_options
+
+    ir.save(model, path, external_data=path.name + ".data")
+    return ort.InferenceSession(
+        str(path), session_options(None, optimization), providers=["CPUExecutionProvider"]
+    )
+
+
+def run_model(model: ir.Model, feeds: dict, workdir: Path | None = None) -> dict[str, np.ndarray]:
+    """Save ``model`` to a scratch folder and run it in ORT (CPU, no graph optimisations)."""
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        path = Path(tmp) / "model.onnx"
-        ir.save(model, path, external_data="model.onnx.data")
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        sess = model_session(model, Path(tmp) / "model.onnx")
         names = [o.name for o in sess.get_outputs()]
         wanted = {i.name for i in sess.get_inputs()}
         return dict(

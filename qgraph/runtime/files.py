@@ -13,6 +13,7 @@ Every problem is a ``BundleError`` naming the file and what to do.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -45,10 +46,23 @@ def _bundle_dir(bundle_dir: str | os.PathLike[str]) -> Path:
 
 
 def read_manifest(bundle_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """Parsed ``qgraph.json``, or None when the folder has none."""
+    """Parsed ``qgraph.json``, or None when the folder has none.
+
+    Parsed once per file version (path, size and modification time) however many components
+    and commands ask; callers must not modify the result.
+    """
     path = _bundle_dir(bundle_dir) / MANIFEST
-    if not path.is_file():
+    try:
+        stat = path.stat()
+    except OSError:
         return None
+    return _parse_manifest(str(path.absolute()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _parse_manifest(file: str, size: int, mtime_ns: int) -> dict[str, Any]:
+    del size, mtime_ns  # the cache key: a rewritten manifest is parsed again
+    path = Path(file)
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:

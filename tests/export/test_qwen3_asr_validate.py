@@ -70,7 +70,7 @@ def test_no_clips_is_an_error(tiny_bundle: Path) -> None:
 
 
 def test_first_mismatch_counts_length_differences() -> None:
-    from qgraph.export.compare import first_mismatch  # noqa: TID251
+    from qgraph.validation import first_mismatch
 
     assert first_mismatch([1, 2, 3], [1, 2, 3]) is None
     assert first_mismatch([1, 2, 3], [1, 5, 3]) == 1

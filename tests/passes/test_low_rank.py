@@ -128,7 +128,7 @@ def test_bad_calibration_folder(tmp_path: Path) -> None:
     from qgraph.errors import RuntimeInputError
 
     with pytest.raises(RuntimeInputError, match="no calibration audio"):
-        LowRank(calibration=str(tmp_path))(_encoder())
+        LowRank(audio=str(tmp_path))(_encoder())
 
 
 def test_fusions_and_quantization_must_follow_it() -> None:
@@ -156,7 +156,7 @@ def test_real_whisper_encoder(tmp_path: Path, tmp_path_factory) -> None:
         if espeak(text, tmp_path / f"c{i}.wav") is None:
             pytest.skip("calibration speech needs espeak-ng")
     bundle = Bundle.load(raw)
-    p = LowRank(exclude=("*self_attn*", "*fc2"), calibration=str(tmp_path))
+    p = LowRank(exclude=("*self_attn*", "*fc2"), audio=str(tmp_path))
     p(bundle.components["encoder_model"])
     assert p.stats["factorized"] >= 2 and p.stats["skipped:excluded"] == 20
     out = bundle.save(tmp_path / "low-rank")
