@@ -27,15 +27,9 @@ neither attention nor MLP (by module scope or weight name); the rank would not s
 (``r (K + N) >= K N``: the dense weight is kept); ``exclude`` matches (``fnmatch`` on the
 module scope or the weight name, e.g. ``*.fc2``); the MatMul is a factor this pass made
 (``qgraph.low_rank`` node metadata); the component has no log-mel input.
-Lossy: the declared budget is a cosine >= 0.95 on every output. Measured on Whisper tiny.en
-(384-dim encoder, calibrated on espeak-ng sentences, ``benchmarks/results/whisper_table.md``):
-at LiteASR's defaults the encoder output keeps a cosine of 0.97-0.99 on speech, 0.81 on generated
-inputs (``--verify-each`` flags it: random inputs lie far from the calibrated subspace), and the
-WER goes from 39 % to 77 %; at ``attention_threshold=0.999,mlp_threshold=0.9999`` 0.995-0.998
-on speech and 46 % WER; fc1 alone (``exclude=[*self_attn*,*fc2]``) keeps the WER (38 %) and saves
-1.3 MB. fc2 outputs have a few outlier directions that dominate the variance, so a variance
-threshold drops directions the next LayerNorm needs. LiteASR's thresholds were chosen for
-large-v3 (1280-dim); small encoders need higher ones or fewer layers.
+Lossy: the declared budget is a cosine >= 0.95 on every output; generated inputs lie far from
+the calibrated subspace, so ``--verify-each`` may flag what speech keeps (what each threshold
+costs in WER on Whisper tiny.en: the README's Whisper table).
 Order: it must run before fusions and quantization (they hide or replace the MatMuls).
 Scope: the ``encoder`` components by default (``encoder``, ``encoder_model``; ``on=`` to choose).
 """
