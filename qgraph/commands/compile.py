@@ -65,6 +65,12 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--timing", action="store_true", help="print a table of seconds per pass")
     p.add_argument(
+        "--memory",
+        action="store_true",
+        help="print a table of the peak RSS (high-water mark) while each pass ran; the values "
+        "also go into the manifest history",
+    )
+    p.add_argument(
         "--stats",
         action="store_true",
         help="print each pass's statistics (sites rewritten, near-misses with reasons)",
@@ -128,6 +134,7 @@ def run(args) -> int:
         verify_dims=parse_dims(args.verify_dims),
         bisect_limit=args.bisect_limit,
         on_record=on_record,
+        memory=args.memory,
     )
     result = run_pipeline(bundle, steps, inst)
     if result.stopped_before is not None:
@@ -140,6 +147,8 @@ def run(args) -> int:
         print_timing(result.records)
     if args.stats:
         print_stats(result.records)
+    if args.memory:
+        print_memory(result.records)
     path = bundle.save(args.output, overwrite=args.force)
     size = sum(f["bytes"] for f in bundle.manifest["files"].values())
     print(f"wrote {path} ({len(bundle.components)} components, {human_bytes(size)})", file=out)
@@ -175,3 +184,16 @@ def print_stats(records: list[PassRecord]) -> None:
             continue
         items = ", ".join(f"{k}={v}" for k, v in sorted(r.stats.items()))
         print(f"  {r.text}: {items}")
+
+
+def print_memory(records: list[PassRecord]) -> None:
+    """Peak RSS per pass, its growth over the RSS when the pass began, and the highest peak."""
+    rows = [(r, r.extra["memory"]) for r in records if "memory" in r.extra]
+    if not rows:
+        return
+    print(f"\nmemory (peak RSS per pass, {rows[0][1]['method']}):")
+    for r, m in rows:
+        grew = m["peak_rss"] - m["start_rss"]
+        print(f"  {human_bytes(m['peak_rss']):>9} {'+' + human_bytes(grew):>10}  {r.text}")
+    peak = max(m["peak_rss"] for _, m in rows)
+    print(f"  {human_bytes(peak):>9} {'':>10}  highest")
