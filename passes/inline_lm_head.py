@@ -44,8 +44,9 @@ class InlineLmHead(BundlePass):
 
     name = "inline-lm-head"
     category = "bundle"
-    must_follow = ("extract-embed-fp16",)
-    reason = "the step's embedding table is extracted from its plain Gather first"
+    must_follow = {
+        "extract-embed-fp16": "the step's embedding table is extracted from its plain Gather first"
+    }
     components: tuple[str, ...] = option(
         ("decoder_init", "decoder_step", "decoder", "decoder_model_merged"),
         "components whose lm_head is untied",
