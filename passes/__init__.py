@@ -2,6 +2,25 @@
 
 Each module holds one rewrite; its docstring is its spec. ``BUILTIN_PASSES`` lists the pass
 classes, ``BUILTIN_PIPELINES`` the named pipelines (``name: (text, summary)``).
+
+Choosing a mechanism for a new rewrite:
+
+- **pattern rule** (``_rewrite.RulePass``, onnxscript's rewriter: pattern / check / rewrite): a
+  fixed local chain of a few ops whose conditions are checks on the matched values (norms, GELU,
+  rotary embedding). Spell each Add/Mul in one operand order (rules are commuted when applied);
+  a refused ``check`` becomes ``skipped:<reason>`` with no extra code.
+- **hand matcher** (a ``GraphPass`` walking the nodes: ``fuse-gqa``/``fuse-mha`` through
+  ``_attention``, ``fuse-sibling-matmuls``): optional or repeated structure a pattern would have
+  to enumerate (cache concat, repeat_kv, masks to evaluate), nodes grouped by something other
+  than one dataflow chain (MatMuls sharing an input), or new values shared across sites, graphs
+  or branches.
+- **onnx-ir wrapper** (``fold-constants``, ``remove-unused``, ``cse``, ``topological-sort``):
+  onnx-ir or onnxscript already has the pass; wrap it, keep ``modified`` exact and add only what
+  qgraph needs (limits, names, statistics).
+
+Ordering: the category order (compression < fusion < quantization) is declared once, in
+``qgraph.pass_api.CATEGORY_ORDER``; a pass's ``must_follow`` maps the other passes (or categories)
+it needs before it to the reason.
 """
 
 from qgraph.passes.awq_smooth import AwqSmooth

@@ -1,13 +1,18 @@
-"""Shared machinery of the fusion passes: onnxscript's pattern rewriter behind one adapter, and
-small IR helpers (constants, shapes, building and inserting nodes).
+"""Shared machinery of the fusion passes: onnxscript's pattern rewriter behind one adapter, the
+base class of rule-based passes, and small IR helpers (constants, shapes, building and inserting
+nodes).
 
 ``apply_rules`` is the only place that drives ``onnxscript.rewriter`` (pinned at 0.7.x through
-``pyproject.toml``). It rewrites with a rule set, counts the sites as ``fused``, then replays the
-same rules with a tracer on the rewritten model: every site that still matches the pattern's
-structure but fails the rule's ``check`` is a near miss, counted as ``skipped:<reason>`` with the
-reason the check gave. After a rewrite the nodes it left without consumers (constants, shared
-cos/sin computations) are removed. ``modified`` is exact: no site rewritten means the model is
-untouched (the tracer replay makes no change).
+``pyproject.toml``). It rewrites with a rule set in which every rule is commuted (each binary
+Add/Mul of a pattern is tried in both operand orders, so patterns spell one order), counts the
+sites as ``fused``, then replays the same rules with a tracer on the rewritten model: every site
+that still matches the pattern's structure but fails the rule's ``check`` is a near miss, counted
+as ``skipped:<reason>`` with the reason the check gave. After a rewrite the nodes it left without
+consumers (constants, shared cos/sin computations) are removed. ``modified`` is exact: no site
+rewritten means the model is untouched (the tracer replay makes no change).
+
+``RulePass`` is a fusion made of such rules: a module defines its rule class (pattern / check /
+rewrite), and the pass is ``rules`` plus its name, docstring and ordering constraints.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import onnx_ir as ir
@@ -23,7 +28,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from onnxscript.rewriter import _basics, pattern
 from onnxscript.rewriter._rewrite_rule import RewriteRule
 
-from qgraph.pass_api import QPass
+from qgraph.pass_api import GraphPass, QPass, Tolerance
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +50,10 @@ class _NearMisses(_basics.MatchingTracer):
 
 
 def apply_rules(p: QPass, model: ir.Model, rules: Sequence[RewriteRule]) -> bool:
-    """Rewrite ``model`` with ``rules``; count ``fused`` and ``skipped:<reason>`` on ``p``."""
-    ruleset = pattern.RewriteRuleSet(list(rules))
+    """Rewrite ``model`` with ``rules``, each in every operand order of its commutative nodes
+    (``RewriteRule.commute``, in rule order); count ``fused`` and ``skipped:<reason>`` on ``p``.
+    """
+    ruleset = pattern.RewriteRuleSet(list(rules), commute=True)
     fused = ruleset.apply_to_model(model)
     if fused:
         p.count("fused", fused)
@@ -58,6 +65,23 @@ def apply_rules(p: QPass, model: ir.Model, rules: Sequence[RewriteRule]) -> bool
     if fused:
         RemoveUnusedNodesPass()(model)
     return bool(fused)
+
+
+class RulePass(GraphPass):
+    """A fusion made of onnxscript rewrite rules (``rules``), applied by ``apply_rules``.
+
+    A subclass sets ``name``, its docstring, ``rules`` and, where they differ from a fusion's,
+    ``category``, ``tolerance`` and ``must_follow``. Rules spell each Add/Mul in one operand
+    order: they are commuted when applied. A pattern's ``OrValue`` whose alternatives are not
+    all distinct ops needs a ``tag_var`` (onnxscript 0.7 cannot commute it without one).
+    """
+
+    category = "fusion"
+    tolerance = Tolerance(atol=1e-5, rtol=1e-4)
+    rules: ClassVar[Sequence[RewriteRule]] = ()
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return ir.passes.PassResult(model, apply_rules(self, model, self.rules))
 
 
 def remove_dead(model: ir.Model) -> None:

@@ -16,6 +16,8 @@ and decode steps count alike, not per call). Large-activation channels get their
 up, so 4-bit rounding costs them less. ``search=true`` picks ``alpha`` per group from
 0, 0.1, ..., 1 by the error of the group's quantized output (``bits``, ``block_size``,
 ``symmetric`` simulate ``quantize-int4`` with ORT's kernel) on up to 512 kept calibration rows.
+In a pipeline they are those of the first ``quantize-int4`` after this pass: an option left at
+its default takes that pass's value, one set to a different value is a pipeline error.
 Groups are matched across components by the norm weight's name, and one scale is used for all
 of them, so decoder_init and decoder_step stay identical (and shared); a group that cannot be
 smoothed in one component is smoothed in none. New weights are lazy (computed at save) unless
@@ -42,14 +44,16 @@ one set of scales (``on=`` to choose).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
 
 from qgraph.bundle import Bundle
+from qgraph.errors import PipelineError
 from qgraph.families import DECODER, PREFILL, STEP
-from qgraph.pass_api import BundlePass, Tolerance, option
+from qgraph.pass_api import BundlePass, QPass, Tolerance, format_value, option
 from qgraph.passes._blockquant import fake_quantize
 from qgraph.passes._calibration import calibration_outputs
 from qgraph.passes._lazy import in_memory, release
@@ -118,12 +122,12 @@ class AwqSmooth(BundlePass):
 
     name = "awq-smooth"
     category = "quantization"
-    must_follow = ("fusion", "compression")
-    reason = (
-        "statistics are taken on the FP32 graph that is quantized (after fusions and low-rank "
-        "compression), and the marker that stops a second run sits on the norm node a later "
-        "fusion would replace"
-    )
+    must_follow = {
+        "fusion": "statistics are taken on the FP32 graph that is quantized, and the marker "
+        "that stops a second run sits on the norm node a later fusion would replace",
+        "compression": "statistics are taken on the FP32 graph that is quantized, after low-rank "
+        "compression",
+    }
     tolerance = Tolerance(atol=1e-3, rtol=1e-3, min_cosine=0.99999)
     default_roles = (PREFILL, STEP, DECODER)
     roles: tuple[str, ...] = option(
@@ -140,6 +144,29 @@ class AwqSmooth(BundlePass):
     max_files: int = option(32, "calibration files used at most")
     max_tokens: int = option(32, "greedy decode steps per calibration file")
     samples: int = option(4, "generated input sets per component (without audio)")
+
+    def check_followers(self, later: Sequence[QPass]) -> None:
+        """Simulate the ``quantize-int4`` that follows: take its ``bits``/``block_size``/
+        ``symmetric`` where this pass leaves them at their defaults; a value set here that
+        differs from it is an error naming both."""
+        quant = next((p for p in later if p.name == "quantize-int4"), None)
+        if quant is None:
+            return
+        defaults = {f.name: f.default for f in self.options()}
+        taken = {}
+        for key in ("bits", "block_size", "symmetric"):
+            mine, theirs = getattr(self, key), getattr(quant, key)
+            if mine == theirs:
+                continue
+            if mine != defaults[key]:
+                raise PipelineError(
+                    f"awq-smooth simulates {key}={format_value(mine)} but the quantize-int4 "
+                    f"after it uses {key}={format_value(theirs)}; give both the same {key}, or "
+                    f"leave it out of awq-smooth, which then takes quantize-int4's"
+                )
+            taken[key] = theirs
+        for key, value in taken.items():
+            setattr(self, key, value)
 
     def call(self, bundle: Bundle) -> ir.passes.PassResult:
         groups = self._groups(bundle)

@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import math
 
-import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from qgraph.pass_api import GraphPass, Tolerance
-from qgraph.passes._rewrite import MS, apply_rules, fail, is_scalar
+from qgraph.passes._rewrite import MS, RulePass, fail, is_scalar
 
 
 class _ErfGelu(pattern.RewriteRuleClassBase):
@@ -53,21 +51,8 @@ class _ErfGelu(pattern.RewriteRuleClassBase):
         return op.Gelu(x, _domain=MS)
 
 
-RULES = [
-    rule
-    for form in ("dynamo", "torchscript", "manual")
-    for rule in _ErfGelu.rule(f"erf-gelu-{form}", form=form).commute()
-]
-
-
-class FuseGelu(GraphPass):
+class FuseGelu(RulePass):
     """Exact erf GELU chain (Div/Erf/Add/Mul/Mul) -> com.microsoft Gelu."""
 
     name = "fuse-gelu"
-    category = "fusion"
-    reason = "low-rank factorises the plain FP32 MatMuls that a fusion would hide"
-    must_follow = ("compression",)
-    tolerance = Tolerance(atol=1e-5, rtol=1e-4)
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return ir.passes.PassResult(model, apply_rules(self, model, RULES))
+    rules = [_ErfGelu.rule(f"erf-gelu-{f}", form=f) for f in ("dynamo", "torchscript", "manual")]

@@ -159,8 +159,10 @@ class FuseGroupQueryAttention(GraphPass):
     name = "fuse-gqa"
     category = "fusion"
     tolerance = Tolerance(atol=1e-4, rtol=1e-3)
-    must_follow = ("fuse-rotary-embedding", "compression")
-    reason = "the rotary fusion's output lets GQA read q/k as [B,S,H*D] without transposes"
+    must_follow = {
+        "fuse-rotary-embedding": "the rotary fusion's output lets GQA read q/k as [B,S,H*D] "
+        "without transposes"
+    }
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         sites = []

@@ -73,8 +73,7 @@ class FuseMultiHeadAttention(GraphPass):
     name = "fuse-mha"
     category = "fusion"
     tolerance = Tolerance(atol=1e-4, rtol=1e-3)
-    must_follow = ("fuse-gqa", "compression")
-    reason = "causal decoder attention belongs to fuse-gqa"
+    must_follow = {"fuse-gqa": "causal decoder attention belongs to fuse-gqa"}
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         sites = []

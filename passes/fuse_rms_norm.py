@@ -6,12 +6,12 @@ Rewrite::
     ms  = ReduceMean(Pow(xf, 2) | Mul(xf, xf), axes=[-1], keepdims=1)
     n   = xf * Reciprocal(Sqrt(ms + eps)) | xf / Sqrt(ms + eps) | xf * (1 / Sqrt(ms + eps))
     [n  = Cast(n, to=T)]                                  # optional down-cast
-    y   = n * scale | scale * n
+    y   = scale * n
   ->
     y   = SimplifiedLayerNormalization(x, scale, axis=-1, epsilon=eps, stash_type=float|double)
 
-Every commutation of the Adds and Muls is accepted; ``axes`` may be an input (opset 18+) or an
-attribute (opset 13-17), and may name the last axis as -1 or rank-1.
+Every commutation of the Adds and Muls is accepted (the rule is commuted); ``axes`` may be an
+input (opset 18+) or an attribute (opset 13-17), and may name the last axis as -1 or rank-1.
 
 Does not fire (counted as ``skipped:<reason>``): the mean is not over the last axis alone or
 drops the axis; the exponent is not 2; epsilon is not a constant scalar; ``scale`` is not a 1-D
@@ -27,9 +27,8 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from qgraph.pass_api import GraphPass, Tolerance
 from qgraph.passes._rewrite import (
-    apply_rules,
+    RulePass,
     fail,
     int_attr,
     is_last_axis,
@@ -52,23 +51,18 @@ def _types(x: ir.Value, up: ir.Value | None, down: ir.Value | None):
 
 
 class _RmsNorm(pattern.RewriteRuleClassBase):
-    def __init__(self, name: str, *, scale_first: bool) -> None:
-        super().__init__(name)
-        self._scale_first = scale_first
-
     def pattern(self, op, x, scale, exponent, eps, one):
-        xf = pattern.OrValue([op.Cast(x, _outputs=["up"]), x])
+        # OrValues of a node and a plain value need a tag_var to be commuted (onnxscript 0.7)
+        xf = pattern.OrValue([op.Cast(x, _outputs=["up"]), x], tag_var="cast_up")
         square = pattern.OrValue([op.Pow(xf, exponent), op.Mul(xf, xf)])
         ms = op.ReduceMean(
             square, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["ms"]
         )
-        root = op.Sqrt(pattern.OrValue([op.Add(ms, eps), op.Add(eps, ms)]))
+        root = op.Sqrt(op.Add(ms, eps))
         inv = pattern.OrValue([op.Reciprocal(root), op.Div(one, root)])
-        normed = pattern.OrValue([op.Mul(xf, inv), op.Mul(inv, xf), op.Div(xf, root)])
-        normed = pattern.OrValue([op.Cast(normed, _outputs=["down"]), normed])
-        if self._scale_first:
-            return op.Mul(scale, normed)
-        return op.Mul(normed, scale)
+        normed = pattern.OrValue([op.Mul(xf, inv), op.Div(xf, root)])
+        normed = pattern.OrValue([op.Cast(normed, _outputs=["down"]), normed], tag_var="cast_down")
+        return op.Mul(scale, normed)
 
     def check(self, context, x, scale, ms, exponent=None, eps=None, one=None, **kw):
         if exponent is not None and not is_scalar(exponent, 2.0):
@@ -101,20 +95,10 @@ class _RmsNorm(pattern.RewriteRuleClassBase):
         )
 
 
-RULES = [
-    _RmsNorm.rule("rms-norm", scale_first=False),
-    _RmsNorm.rule("rms-norm-scale-first", scale_first=True),
-]
-
-
-class FuseRmsNorm(GraphPass):
+class FuseRmsNorm(RulePass):
     """RMSNorm chain (mean of squares, eps, rsqrt, scale) -> SimplifiedLayerNormalization."""
 
     name = "fuse-rms-norm"
-    category = "fusion"
-    reason = "low-rank factorises the plain FP32 MatMuls that a fusion would hide"
-    must_follow = ("compression",)
-    tolerance = Tolerance(atol=1e-5, rtol=1e-4)
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return ir.passes.PassResult(model, apply_rules(self, model, RULES))
+    # the name of the old hand-enumerated rule for the order that transformers' RMSNorm uses:
+    # onnxscript records it in each fused node's metadata, so compiled bundles stay the same
+    rules = [_RmsNorm.rule("rms-norm-scale-first")]

@@ -31,10 +31,9 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from qgraph.pass_api import GraphPass, Tolerance
 from qgraph.passes._rewrite import (
     MS,
-    apply_rules,
+    RulePass,
     const_ints,
     fail,
     int_attr,
@@ -185,21 +184,11 @@ class _Rotary(pattern.RewriteRuleClassBase):
         return op.Reshape(y3, op.Constant(value_ints=dims) if dims else op.Shape(x))
 
 
-RULES = [
-    rule
-    for split in (False, True)
-    for rule in _Rotary.rule(f"rotary-{'split' if split else 'slice'}", split=split).commute()
-]
-
-
-class FuseRotaryEmbedding(GraphPass):
+class FuseRotaryEmbedding(RulePass):
     """x*cos + rotate_half(x)*sin -> RotaryEmbedding with per-call cos/sin tables."""
 
     name = "fuse-rotary-embedding"
-    category = "fusion"
-    reason = "low-rank factorises the plain FP32 MatMuls that a fusion would hide"
-    must_follow = ("compression",)
-    tolerance = Tolerance(atol=1e-5, rtol=1e-4)
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return ir.passes.PassResult(model, apply_rules(self, model, RULES))
+    rules = [
+        _Rotary.rule(f"rotary-{'split' if split else 'slice'}", split=split)
+        for split in (False, True)
+    ]

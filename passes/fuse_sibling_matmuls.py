@@ -107,8 +107,6 @@ class FuseSiblingMatMuls(GraphPass):
 
     name = "fuse-sibling-matmuls"
     category = "fusion"
-    reason = "low-rank factorises the plain FP32 MatMuls that a fusion would hide"
-    must_follow = ("compression",)
     tolerance = Tolerance(atol=1e-5, rtol=1e-4)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

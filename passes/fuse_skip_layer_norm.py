@@ -21,18 +21,9 @@ Scope: the main graph.
 
 from __future__ import annotations
 
-import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from qgraph.pass_api import GraphPass, Tolerance
-from qgraph.passes._rewrite import (
-    MS,
-    apply_rules,
-    check_residual,
-    fail,
-    rank,
-    residual_sum,
-)
+from qgraph.passes._rewrite import MS, RulePass, check_residual, fail, rank, residual_sum
 
 
 class _SkipLayerNorm(pattern.RewriteRuleClassBase):
@@ -65,22 +56,12 @@ class _SkipLayerNorm(pattern.RewriteRuleClassBase):
         return out, s
 
 
-RULES = [
-    rule
-    for beta in (True, False)
-    for bias in ("input", "sum", "none")
-    for rule in _SkipLayerNorm.rule(f"skip-ln-{bias}-{beta}", bias=bias, beta=beta).commute()
-]
-
-
-class FuseSkipLayerNorm(GraphPass):
+class FuseSkipLayerNorm(RulePass):
     """Residual Add (+ projection bias) + LayerNormalization -> SkipLayerNormalization."""
 
     name = "fuse-skip-layer-norm"
-    category = "fusion"
-    reason = "low-rank factorises the plain FP32 MatMuls that a fusion would hide"
-    must_follow = ("compression",)
-    tolerance = Tolerance(atol=1e-5, rtol=1e-4)
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return ir.passes.PassResult(model, apply_rules(self, model, RULES))
+    rules = [
+        _SkipLayerNorm.rule(f"skip-ln-{bias}-{beta}", bias=bias, beta=beta)
+        for beta in (True, False)
+        for bias in ("input", "sum", "none")
+    ]

@@ -19,11 +19,9 @@ Scope: the main graph. Needs ``fuse-rms-norm`` first for decomposed RMSNorm chai
 
 from __future__ import annotations
 
-import onnx_ir as ir
 from onnxscript.rewriter import pattern
 
-from qgraph.pass_api import GraphPass, Tolerance
-from qgraph.passes._rewrite import MS, apply_rules, check_residual, residual_sum
+from qgraph.passes._rewrite import MS, RulePass, check_residual, residual_sum
 
 
 class _SkipRmsNorm(pattern.RewriteRuleClassBase):
@@ -51,22 +49,15 @@ class _SkipRmsNorm(pattern.RewriteRuleClassBase):
         return out, s
 
 
-RULES = [
-    rule
-    for norm in ("SimplifiedLayerNormalization", "RMSNormalization")
-    for bias in ("input", "sum", "none")
-    for rule in _SkipRmsNorm.rule(f"skip-{norm}-{bias}", norm=norm, bias=bias).commute()
-]
-
-
-class FuseSkipRmsNorm(GraphPass):
+class FuseSkipRmsNorm(RulePass):
     """Residual Add + RMSNorm -> SkipSimplifiedLayerNormalization (sum kept as 4th output)."""
 
     name = "fuse-skip-rms-norm"
-    category = "fusion"
-    tolerance = Tolerance(atol=1e-5, rtol=1e-4)
-    must_follow = ("fuse-rms-norm", "compression")
-    reason = "it fuses the SimplifiedLayerNormalization that fuse-rms-norm produces"
-
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        return ir.passes.PassResult(model, apply_rules(self, model, RULES))
+    must_follow = {
+        "fuse-rms-norm": "it fuses the SimplifiedLayerNormalization that fuse-rms-norm produces"
+    }
+    rules = [
+        _SkipRmsNorm.rule(f"skip-{norm}-{bias}", norm=norm, bias=bias)
+        for norm in ("SimplifiedLayerNormalization", "RMSNormalization")
+        for bias in ("input", "sum", "none")
+    ]

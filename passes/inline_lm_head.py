@@ -45,8 +45,9 @@ class InlineLmHead(BundlePass):
 
     name = "inline-lm-head"
     category = "bundle"
-    must_follow = ("extract-embed-fp16",)
-    reason = "the step's embedding table is extracted from its plain Gather first"
+    must_follow = {
+        "extract-embed-fp16": "the step's embedding table is extracted from its plain Gather first"
+    }
     default_roles = DECODER_ROLES
     keep_tied: bool = option(False, "leave the lm_head as Transpose(embedding)")
     weight_name: str = option("lm_head.weight", "name of the new [hidden, vocab] initializer")

@@ -112,11 +112,10 @@ class QuantizeMatMulNBits(GraphPass):
 
     name = "quantize-int4"
     category = "quantization"
-    must_follow = ("fusion", "compression", "awq-smooth", "inline-lm-head")
-    reason = (
-        "fusions and compression (low-rank) rewrite FP32 MatMuls, awq-smooth rescales FP32 "
-        "weights, and the lm_head is only a constant weight once inline-lm-head made it one"
-    )
+    must_follow = {
+        "awq-smooth": "awq-smooth rescales the FP32 weights that quantization rounds",
+        "inline-lm-head": "the lm_head is only a constant weight once inline-lm-head made it one",
+    }
     bits: int = option(4, "bits per weight", choices=(4, 8))
     block_size: int = option(64, "weights per scale along K", choices=(16, 32, 64, 128, 256))
     symmetric: bool = option(False, "symmetric blocks (no zero points)")

@@ -77,7 +77,6 @@ class QuantizeInt8(GraphPass):
     name = "quantize-int8"
     category = "quantization"
     must_follow = QuantizeMatMulNBits.must_follow
-    reason = QuantizeMatMulNBits.reason
     tolerance = Tolerance(atol=None, rtol=None, min_cosine=0.995, min_top1=0.9)
     roles: tuple[str, ...] = option(DECODER_ROLES, "layer roles to quantize", choices=ROLES)
     exclude: tuple[str, ...] = option((), "fnmatch patterns: node, weight or module names")

@@ -11,8 +11,8 @@ Roles: ``encoder`` (audio features -> hidden states), ``frontend`` (a convolutio
 before the encoder), ``prefill`` (the decoder on the whole prompt), ``step`` (the decoder on one
 token with a cache), ``decoder`` (one graph for prefill and steps, e.g. sherpa-onnx's static
 cache) and ``merged-decoder`` (prefill and step as the branches of one ``If``, the optimum /
-Transformers.js layout). A component of an unknown family gets its role from its I/O
-(``guess_role``).
+Transformers.js layout). A component of an unknown family gets the role a registered family
+gives its name, else one guessed from its inputs (``guess_role``).
 
 Sources, in order: ``BUILTIN_FAMILIES`` below, the entry-point group ``qgraph.families`` (each
 entry point names a ``Family``), and ``register_family()`` calls. Entries name code as
@@ -88,8 +88,19 @@ class Family:
     export_as: tuple[str, str] | None = None
 
     def role(self, component: str, model: ir.Model | None = None) -> str:
-        """The role of ``component`` (its declared one, else guessed from ``model``'s I/O)."""
+        """The role of ``component``: its declared one, else the one a registered family gives
+        a component of that name (``decoder_init`` is a prefill wherever it appears), else
+        guessed from ``model``'s inputs (``guess_role``)."""
         role = self.components.get(component)
+        if role is None:
+            role = next(
+                (
+                    f.components[component]
+                    for f in _registered().values()
+                    if component in f.components
+                ),
+                None,
+            )
         if role is None and model is not None:
             role = guess_role(model)
         return role or ""

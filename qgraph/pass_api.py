@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -61,6 +61,19 @@ ON_HELP = (
     "merged-decoder); default: the pass's own roles, else all"
 )
 
+CATEGORY_ORDER: tuple[tuple[str, str], ...] = (
+    (
+        "compression",
+        "low-rank factorises the plain FP32 MatMuls that a fusion or quantization would hide",
+    ),
+    ("fusion", "fusions match the FP32 MatMuls, norms and attention that quantization replaces"),
+    ("quantization", ""),
+)
+"""The pipeline order of categories, declared once: a pass of one of these categories runs after
+every pass of the categories listed before its own. Each entry is ``(category, why it runs before
+the later ones)``, the reason an ordering error quotes. A pass may override a category's reason
+in its own ``must_follow``."""
+
 
 def option(default: Any, help: str, *, choices: tuple | None = None) -> Any:
     """Declare a pass option: a typed dataclass field with help text for ``qgraph passes``."""
@@ -77,17 +90,35 @@ class QPass:
     category: ClassVar[str] = "misc"
     """One of hygiene, fusion, bundle, quantization, precision, compression, misc."""
     tolerance: ClassVar[Tolerance] = LOSSLESS
-    must_follow: ClassVar[tuple[str, ...]] = ()
-    """Pass names or categories that, when in the same pipeline, must run before this one."""
-    reason: ClassVar[str] = ""
-    """Why the ordering constraint exists, quoted in the error."""
+    must_follow: ClassVar[Mapping[str, str]] = {}
+    """``{pass name or category: reason}``: what must run before this pass when both are in
+    one pipeline, and why (the reason the ordering error quotes). The category order
+    (``CATEGORY_ORDER``) applies on top; see ``ordering``."""
     default_roles: ClassVar[tuple[str, ...]] = ()
     """Roles (``qgraph.families``) of the components to run on when ``on`` is not given (empty:
     every component)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if not isinstance(cls.must_follow, Mapping):
+            raise TypeError(
+                f"{cls.__qualname__}.must_follow must be a mapping {{pass-or-category: reason}}"
+            )
         dataclass(kw_only=True, repr=False)(cls)
+
+    # -- ordering -------------------------------------------------------------------------------
+    @classmethod
+    def ordering(cls) -> dict[str, str]:
+        """Every pass name or category that must run before this pass, with the reason: the
+        categories before this pass's own in ``CATEGORY_ORDER``, then ``must_follow`` (which
+        wins for a category it names too)."""
+        names = [category for category, _ in CATEGORY_ORDER]
+        before = CATEGORY_ORDER[: names.index(cls.category)] if cls.category in names else ()
+        return {**dict(before), **cls.must_follow}
+
+    def check_followers(self, later: Sequence[QPass]) -> None:
+        """Pipeline-level check against the passes that run after this one (``later``, in
+        order); raise PipelineError on a conflict. The default checks nothing."""
 
     # -- options --------------------------------------------------------------------------------
     @classmethod

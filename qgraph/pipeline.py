@@ -211,16 +211,22 @@ def flatten(steps: list[Step]) -> list[QPass]:
 
 
 def check_order(steps: list[Step]) -> None:
-    """Raise if a pass runs before one it declares it must follow."""
+    """Raise if a pass runs before one it must follow (its ``ordering()``: the category order
+    and its ``must_follow``), quoting the reason of that constraint (a pass name wins over its
+    category); then let each pass check the passes after it (``check_followers``)."""
     passes = flatten(steps)
     for i, p in enumerate(passes):
+        ordering = p.ordering()
         for later in passes[i + 1 :]:
-            if later.name in p.must_follow or later.category in p.must_follow:
-                why = f" ({p.reason})" if p.reason else ""
+            key = later.name if later.name in ordering else later.category
+            if key in ordering:
+                why = f" ({ordering[key]})" if ordering[key] else ""
                 raise PipelineError(
                     f"'{later.name}' must run before '{p.name}'{why}; move '{later.name}' earlier "
                     f"in the pipeline or drop it"
                 )
+    for i, p in enumerate(passes):
+        p.check_followers(passes[i + 1 :])
 
 
 def to_text(steps: list[Step]) -> str:

@@ -77,8 +77,8 @@ def run(args) -> int:
         print(f"    {cls.summary()}")
         for opt, typ, default, help_text in option_rows(cls):
             print(f"    {opt}: {typ} = {default}  -- {help_text}")
-        if cls.must_follow:
-            print(f"    runs after: {', '.join(cls.must_follow)}")
+        if cls.ordering():
+            print(f"    runs after: {', '.join(cls.ordering())}")
         print()
     print(
         "named pipelines: " + ", ".join(registry.pipelines) + " (see 'qgraph pipeline show NAME')"

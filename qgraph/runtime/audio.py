@@ -43,7 +43,7 @@ def find_audio(
     """
     root = Path(folder)
     if not root.is_dir():
-        raise RuntimeInputError(f"{root}: not a folder of {what}")
+        raise RuntimeInputError(f"{root}: no {what} (not a folder)")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     if not files:
         raise RuntimeInputError(f"{root}: no {what} ({', '.join(AUDIO_SUFFIXES)})")

@@ -87,8 +87,7 @@ class _Quant(GraphPass):
 
     name = "test-quant"
     category = "quantization"
-    must_follow = ("fusion",)
-    reason = "fusions before quantization"
+    must_follow = {"fusion": "fusions before quantization"}
     bits: int = option(4, "bits", choices=(4, 8))
 
     def call(self, model):

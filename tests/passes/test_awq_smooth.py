@@ -161,3 +161,19 @@ def test_calibrates_on_audio_through_the_runtime(tiny_raw, tmp_path):
     assert check.stats == {"groups smoothed": 4, "skipped:role lm_head not selected": 1}
     with pytest.raises(RuntimeInputError, match="no calibration audio"):
         AwqSmooth(audio=str(tmp_path / "empty"))(block_bundle())
+
+
+def test_simulates_the_quantize_int4_that_follows():
+    """Options left at their defaults are taken from quantize-int4; a set one must agree."""
+    from qgraph.errors import PipelineError
+
+    reg = default_registry()
+    awq, quant = expand("awq-smooth,quantize-int4{block_size=32,symmetric=true}", reg)
+    assert (awq.bits, awq.block_size, awq.symmetric) == (4, 32, True)
+    assert str(awq) == "awq-smooth{block_size=32,symmetric=true}"
+    awq, _ = expand("awq-smooth{bits=8},quantize-int4{bits=8}", reg)
+    assert awq.bits == 8
+    (awq,) = expand("awq-smooth{block_size=128}", reg)  # nothing to simulate: kept
+    assert awq.block_size == 128
+    with pytest.raises(PipelineError, match=r"block_size=128 .* quantize-int4 .* block_size=32"):
+        expand("awq-smooth{block_size=128},quantize-int4{block_size=32}", reg)

@@ -139,9 +139,25 @@ def test_fusions_and_quantization_must_follow_it() -> None:
     later = [p for p in BUILTIN_PASSES if p.category in ("fusion", "quantization")]
     assert later, "no fusion or quantization pass registered"
     for cls in later:
-        assert {"compression", "low-rank"} & set(cls.must_follow), cls.name
+        assert {"compression", "low-rank"} & set(cls.ordering()), cls.name
         with pytest.raises(PipelineError, match="'low-rank' must run before"):
             check_order([cls(), LowRank()])
+
+
+def test_ordering_error_quotes_the_violated_constraint() -> None:
+    """fuse-bias-gelu follows fuse-gelu and compression, each for its own reason."""
+    from qgraph.errors import PipelineError
+    from qgraph.pipeline import expand
+    from qgraph.registry import default_registry
+
+    reg = default_registry()
+    with pytest.raises(PipelineError) as err:
+        expand("fuse-bias-gelu,low-rank", reg)
+    assert "'low-rank' must run before 'fuse-bias-gelu'" in str(err.value)
+    assert "low-rank factorises" in str(err.value)
+    assert "fuse-gelu produces" not in str(err.value)
+    with pytest.raises(PipelineError, match=r"\(it fuses the Gelu that fuse-gelu produces"):
+        expand("fuse-bias-gelu,fuse-gelu", reg)
 
 
 def test_real_whisper_encoder(tmp_path: Path, tmp_path_factory) -> None:
