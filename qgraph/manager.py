@@ -12,6 +12,8 @@ hooks) in a list the manager loops over; ``Instruments`` builds that list from t
   the pass's declared tolerance (``verify_each``);
 - ``BisectLimit``: stop after N pass executions (``bisect_limit``);
 - ``PeakMemory``: RSS high-water mark per pass (``memory``);
+- ``HtmlReport``: records graph facts, rewritten sites and diffs into the history and writes
+  the HTML compile report (``report``);
 - ``OnRecord``: hands each finished record to a callback (the CLI's one line per pass).
 """
 
@@ -30,6 +32,7 @@ from qgraph.instruments.bisect import BisectLimit
 from qgraph.instruments.callback import OnRecord
 from qgraph.instruments.dump import DumpDir
 from qgraph.instruments.memory import PeakMemory
+from qgraph.instruments.report import HtmlReport
 from qgraph.instruments.summary import ChangeSummary
 from qgraph.instruments.text import GraphText
 from qgraph.instruments.verify_each import VerifyEach
@@ -53,6 +56,8 @@ class Instruments:
     bisect_limit: int | None = None
     on_record: Callable[[PassRecord], None] | None = None
     memory: bool = False
+    report: Path | None = None
+    """Write the HTML compile report here (``HtmlReport``)."""
     extra: list[Instrument] = field(default_factory=list)
     """More instruments (yours), placed between the built-in ones and ``PeakMemory``."""
 
@@ -67,6 +72,8 @@ class Instruments:
             out.append(OnRecord(self.on_record))  # sees the finished record
         if self.bisect_limit is not None:
             out.append(BisectLimit(self.bisect_limit))
+        if self.report is not None:
+            out.append(HtmlReport(self.report))  # reads diffs, verdicts, memory of inner ones
         text = GraphText() if self.wants_text else None
         if self.dump_dir is not None:
             out.append(DumpDir(self.dump_dir, text))  # writes what the inner ones computed

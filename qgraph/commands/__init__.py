@@ -16,6 +16,7 @@ COMMANDS = [
     "bench",
     "eval",
     "demo",
+    "report",
 ]
 
 

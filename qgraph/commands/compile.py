@@ -10,6 +10,7 @@ from qgraph.bundle import Bundle
 from qgraph.commands import add_pass_module_option
 from qgraph.errors import PipelineError
 from qgraph.instruments.diff import human_bytes
+from qgraph.instruments.report import HtmlReport
 from qgraph.manager import Instruments, PassRecord, run_pipeline
 from qgraph.pipeline import expand, flatten, to_text
 from qgraph.registry import registry_with
@@ -93,6 +94,13 @@ def add_parser(sub) -> None:
         metavar="N",
         help="run only the first N pass executions (to find the pass that breaks a model)",
     )
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE.html",
+        help="write a self-contained HTML compile report (pipeline table, charts, rewritten "
+        "neighbourhoods, diffs, manifests); 'qgraph report OUT' redraws it later",
+    )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors and the result")
     p.set_defaults(run=run)
@@ -135,6 +143,7 @@ def run(args) -> int:
         bisect_limit=args.bisect_limit,
         on_record=on_record,
         memory=args.memory,
+        report=args.report,
     )
     result = run_pipeline(bundle, steps, inst)
     if result.stopped_before is not None:
@@ -152,6 +161,9 @@ def run(args) -> int:
     path = bundle.save(args.output, overwrite=args.force)
     size = sum(f["bytes"] for f in bundle.manifest["files"].values())
     print(f"wrote {path} ({len(bundle.components)} components, {human_bytes(size)})", file=out)
+    if args.report is not None:
+        report = HtmlReport().write(args.report, bundle.manifest)
+        print(f"wrote {report} ({human_bytes(report.stat().st_size)})", file=out)
     return 0
 
 
