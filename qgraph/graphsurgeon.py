@@ -191,7 +191,10 @@ def _attr_type(gs_node: Any, key: str, source: ir.Node | None, opset: int, gs: A
 
 
 def _from_graphsurgeon(
-    gs_graph: gs.Graph, originals: list[ir.TensorProtocol], sources: dict
+    gs_graph: gs.Graph,
+    originals: list[ir.TensorProtocol],
+    names: dict[str, ir.TensorProtocol],
+    sources: dict,
 ) -> ir.Model:
     """Export the surgery's graph back to onnx-ir with the original tensors in place."""
     gs = import_graphsurgeon()
@@ -205,13 +208,12 @@ def _from_graphsurgeon(
         for gs_node, node in _gs_node_pairs(gs_graph, new.graph):
             for key, typ in empty.get(id(gs_node), (None, ()))[1]:
                 node.attributes[key] = ir.Attr(key, typ, [])
-    by_name = {t.name: t for t in originals if t.name}
     for value in _initializers(new):
         t = value.const_value
         if isinstance(t, ir.ExternalTensor) and t.location.startswith(PLACEHOLDER):
             value.const_value = originals[int(t.location[len(PLACEHOLDER) :])]
             continue
-        old = by_name.get(value.name)
+        old = names.get(value.name)
         if old is not None and t is not None and _same_tensor(old, t):
             value.const_value = old  # materialised by the surgery but left as it was
     return new
@@ -245,15 +247,19 @@ class GraphSurgeonPass(GraphPass):
         # gs node -> the ir node it was imported from (kept alive, so ids stay unique)
         sources = {id(g): (g, n) for g, n in _gs_node_pairs(gs_graph, model.graph)}
         hint = self.surgery(gs_graph)
-        new = _from_graphsurgeon(gs_graph, originals, sources)
+        names = {v.name: v.const_value for v in _initializers(model) if v.const_value is not None}
+        new = _from_graphsurgeon(gs_graph, originals, names, sources)
         modified = model_text(new, tokens) != before
         if hint is not None and bool(hint) != modified:
             logger.warning(
-                "%s: surgery() returned %s but the graph %s (gs's toposort() reorders even "
-                "an unchanged graph: call cleanup().toposort() only after a change)",
+                "%s: surgery() returned %s but the graph %s%s",
                 self,
                 hint,
                 "changed" if modified else "did not change",
+                " (gs's toposort() reorders even an unchanged graph: call cleanup().toposort() "
+                "only after a change)"
+                if modified
+                else "",
             )
         if not modified:
             return ir.passes.PassResult(model, False)

@@ -12,6 +12,7 @@ import pytest
 from qgraph import registry
 from qgraph.bundle import Bundle
 from qgraph.cli import main
+from qgraph.errors import PassFailure
 from qgraph.instruments.textform import TensorHasher, model_text
 from qgraph.pass_api import GraphSurgeonPass
 from qgraph.testing import check_pass, model_from_text, op_types
@@ -263,3 +264,10 @@ def test_entry_point_plugin(small_onnx, tmp_path, monkeypatch, capsys):
     )
     assert code == 0, err
     assert registry.default_registry().passes["drop-mul-one-gs"].__module__ == "qgraph_gs_demo"
+
+
+def test_missing_graphsurgeon_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx_graphsurgeon", None)  # import fails
+    model = model_from_text(MUL_ONE)
+    with pytest.raises(PassFailure, match=r"pip install 'qgraph\[graphsurgeon\]'"):
+        NoOp()(model)
