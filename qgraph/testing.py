@@ -3,7 +3,8 @@
 ``check_pass`` runs the standard pass test on a model: it runs the model in ONNX Runtime,
 applies the pass and checks ``modified``, runs it again and compares with the pass's declared
 tolerance, then applies the pass a second time and checks that it reports ``modified=False``
-(idempotence). Use ``expect_modified=False`` for the must-not-fire case.
+(idempotence). Use ``expect_modified=False`` for the must-not-fire case. It checks a
+``GraphSurgeonPass`` (a surgery written with onnx-graphsurgeon) the same way.
 """
 
 from __future__ import annotations
