@@ -1,7 +1,7 @@
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from qgraph.pass_api import GraphSurgeonPass
+from qgraph.graphsurgeon import GraphSurgeonPass
 
 
 class DropMulOneGS(GraphSurgeonPass):

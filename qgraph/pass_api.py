@@ -20,7 +20,7 @@ selected component (``on=[encoder,decoder_step]``; every component by default); 
 ``BundlePass`` receives the whole ``Bundle``. ``modified`` must be exact: ``False`` means the
 component is byte-for-byte what it was.
 
-``GraphSurgeonPass`` (``qgraph.graphsurgeon``, importable from here too) is a ``GraphPass``
+``GraphSurgeonPass`` (``qgraph.graphsurgeon``) is a ``GraphPass``
 written with onnx-graphsurgeon's API: ``surgery(graph: gs.Graph) -> bool`` instead of ``call``.
 """
 
@@ -266,15 +266,6 @@ class BundlePass(QPass, ir.passes.InPlacePass):
     def __call__(self, bundle: Any, /) -> ir.passes.PassResult:
         self.touched.clear()  # ``touched`` describes the latest run only
         return super().__call__(bundle)
-
-
-def __getattr__(name: str) -> Any:
-    """``GraphSurgeonPass`` is importable from here; its module loads on first use."""
-    if name == "GraphSurgeonPass":
-        from qgraph.graphsurgeon import GraphSurgeonPass
-
-        return GraphSurgeonPass
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- option values --------------------------------------------------------------------------------

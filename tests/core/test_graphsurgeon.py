@@ -13,8 +13,8 @@ from qgraph import registry
 from qgraph.bundle import Bundle
 from qgraph.cli import main
 from qgraph.errors import PassFailure
+from qgraph.graphsurgeon import GraphSurgeonPass
 from qgraph.instruments.textform import TensorHasher, model_text
-from qgraph.pass_api import GraphSurgeonPass
 from qgraph.testing import check_pass, model_from_text, op_types
 
 gs = pytest.importorskip("onnx_graphsurgeon")
