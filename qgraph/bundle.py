@@ -22,7 +22,6 @@ import logging
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -385,8 +384,10 @@ def check_output(out: str | os.PathLike, source: Path | None, *, overwrite: bool
         parent = parent.parent
     if not parent.is_dir():
         raise BundleError(f"cannot write to {out}: {parent} is a file, not a folder")
+    probe = parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"  # swept if killed
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=parent))
+        probe.mkdir()
+        probe.rmdir()
     except OSError as err:
         raise BundleError(
             f"cannot write to {out}: cannot create files in {parent} ({_why(err)})"
