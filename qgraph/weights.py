@@ -118,7 +118,11 @@ class _DataFile:
         self.pos, self.sha = 0, hashlib.sha256()
 
     def write(self, data) -> None:
-        self.f.write(data)
+        try:
+            self.f.write(data)
+        except OSError as err:  # name the file: a full disk reports no file name
+            err.filename = err.filename or str(self.path)
+            raise
         self.sha.update(data)
         self.pos += len(data)
 
