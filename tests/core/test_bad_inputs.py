@@ -180,12 +180,13 @@ def test_small_external_tensors_end_up_in_the_output(tmp_path, capsys):
     src = tmp_path / "in"
     src.mkdir()
     proto = small_proto()
-    proto.graph.initializer.append(
-        helper.make_tensor("bias", TensorProto.FLOAT, [64], np.arange(64, dtype=np.float32))
-    )
+    bias = onnx.numpy_helper.from_array(np.arange(64, dtype=np.float32), "bias")  # 256 bytes
+    proto.graph.initializer.append(bias)
     proto.graph.node.append(helper.make_node("Add", ["y0", "bias"], ["y"], name="bias_add"))
     node(proto, "Add").output[0] = "y0"
     onnx.save(proto, src / "m.onnx", save_as_external_data=True, location="m.bin", size_threshold=0)
+    stored = onnx.load(str(src / "m.onnx"), load_external_data=False)
+    assert [t.name for t in weights.external_tensors(stored)] == ["w", "bias"]
     code, _, err = run_cli(capsys, "compile", src, "-o", tmp_path / "out", "--passes", "cse")
     assert code == 0, err
     compiled = onnx.load(str(tmp_path / "out" / "m.onnx"), load_external_data=False)
@@ -257,15 +258,15 @@ def test_output_path_is_checked_before_work(small_onnx, tmp_path, capsys, case):
 
 
 # -- 4. external-data locations ------------------------------------------------------------------
-def _set_external(bundle: Path, **fields: str) -> None:
+def _set_external(bundle: Path, **fields: str | None) -> None:
     path = bundle / "small.onnx"
     proto = onnx.load(str(path), load_external_data=False)
     for t in weights.external_tensors(proto):
-        for e in t.external_data:
-            if e.key in fields:
-                e.value = fields.pop(e.key)
-        for key, value in fields.items():
-            t.external_data.add(key=key, value=value)
+        kept = [(e.key, fields.pop(e.key, e.value)) for e in t.external_data]
+        del t.external_data[:]
+        for key, value in [*kept, *fields.items()]:
+            if value is not None:  # None: drop the field
+                t.external_data.add(key=key, value=value)
     path.write_bytes(proto.SerializeToString())
 
 
@@ -277,6 +278,10 @@ EXTERNAL_CASES = {
     "length not a number": ({"length": "12x"}, "length '12x' is not a non-negative integer"),
     "length contradicts shape": ({"length": "1024"}, "length 1024 does not match its shape"),
     "offset past the end": ({"offset": "16384"}, "too short for 'w' (needs 32768 bytes"),
+    "offset past the end, no length": (
+        {"offset": "16384", "length": None},
+        "too short for 'w' (needs 32768 bytes",
+    ),
 }
 
 
