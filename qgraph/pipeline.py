@@ -112,7 +112,7 @@ class _Parser:
             if not ch:
                 raise self.error(f"unbalanced '(': expected '{closing}' but found end of text")
             if ch == ")":
-                raise self.error("unbalanced ')': no '(' to close")
+                raise self.error("unexpected ')': no '(' to close it")
             raise self.error(f"unexpected {ch!r}; passes are separated by ','")
         return Pipeline(items)
 

@@ -320,7 +320,7 @@ def test_usage_errors_are_one_line(capsys, argv, message):
     ("text", "message"),
     [
         ("repeat<2>(cse", "unbalanced '(': expected ')' but found end of text"),
-        ("cse)", "unbalanced ')'"),
+        ("cse)", "unexpected ')': no '(' to close it"),
         ("repeat<2>(cse,repeat<3>(fold-constants)", "unbalanced '('"),
     ],
 )
