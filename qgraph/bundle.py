@@ -16,11 +16,12 @@ it into place at the end; the input is never modified and a failure leaves nothi
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +32,8 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from qgraph import weights
-from qgraph.errors import BundleError
+from qgraph import checks, crashguard, weights
+from qgraph.errors import BundleError, SelfCheckError
 from qgraph.families import family_of, get_family
 
 logger = logging.getLogger(__name__)
@@ -170,30 +171,48 @@ class Bundle:
     def save(self, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the bundle to ``out`` atomically and return its path.
 
-        Raises BundleError if ``out`` exists (unless ``overwrite``), is inside the source bundle,
-        or cannot be written; nothing is left behind on failure (Ctrl-C included).
+        Raises BundleError if ``out`` exists (unless ``overwrite``), is the source bundle or
+        inside it, or cannot be written; nothing is left behind on failure (Ctrl-C included, and
+        ``kill -9`` through ``qgraph.crashguard``). Before the temporary folder is renamed into
+        place, every written component is loaded back (external data resolved inside it only);
+        a failure there is a SelfCheckError and nothing is written.
         """
-        out = Path(out).absolute()
-        if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
-            raise BundleError(f"{out} already exists; choose another output or pass --force")
-        if self.source is not None and _same_or_inside(out, Path(self.source).absolute()):
-            raise BundleError(f"{out}: the output must not be the input bundle or inside it")
+        out = check_output(out, self.source, overwrite=overwrite)
+        crashguard.sweep(out)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         except OSError as err:
-            raise BundleError(f"cannot write to {out.parent}: {err.strerror or err}") from None
+            raise BundleError(f"cannot write to {out.parent}: {_why(err)}") from None
+        token = f"{os.getpid()}-{secrets.token_hex(4)}"
+        tmp = out.parent / f".{out.name}.tmp-{token}"
+        old = out.parent / f".{out.name}.old-{token}"
+        guard = crashguard.CrashGuard(tmp, out, old)
         try:
+            tmp.mkdir(mode=0o700)
             self._write(tmp)
-            _replace_dir(tmp, out)
+            self._self_check(tmp, out)
+            _replace_dir(tmp, out, old)
         except BaseException as err:
-            shutil.rmtree(tmp, ignore_errors=True)
+            crashguard.recover(tmp, out, old)
             if isinstance(err, OSError):
-                where = f" ({err.filename})" if err.filename else ""
-                raise BundleError(f"saving {out} failed: {err.strerror or err}{where}") from None
+                raise BundleError(_save_error(err, out, tmp)) from None
             raise
+        finally:
+            guard.done()
         logger.info("saved bundle %s", out)
         return out
+
+    def _self_check(self, tmp: Path, out: Path) -> None:
+        """Load every written component back from ``tmp``, its external data inside ``tmp``."""
+        for name in self.components:
+            try:
+                _parse_checked(tmp / self.files[name], tmp)
+            except BundleError as err:
+                detail = str(err).replace(str(tmp), str(out))
+                raise SelfCheckError(
+                    f"the bundle written for {out} failed its self-check: {detail}; nothing was "
+                    "written (this is a qgraph bug: please report it)"
+                ) from None
 
     def _write(self, root: Path) -> None:
         hashes: dict[str, dict[str, Any]] = {}
@@ -276,33 +295,133 @@ def tool_versions() -> dict[str, str]:
 
 
 def _load_model(path: Path, root: Path) -> ir.Model:
-    """Parse one .onnx file and check its external data before anything reads it."""
+    """Parse one .onnx file, check it and its external data, and wrap it (weights stay lazy)."""
+    proto = _parse_checked(path, root)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as err:  # onnx_ir raises several types on malformed protos
+        raise BundleError(f"{path}: malformed ONNX model ({_first_line(err)})") from None
+    ir.external_data.set_base_dir(model.graph, path.parent)
+    return model
+
+
+def _parse_checked(path: Path, root: Path) -> onnx.ModelProto:
+    """Parse one .onnx file without its weights; BundleError unless it is a valid model whose
+    external data lies inside ``root`` and is long enough (sizes only: no byte is read)."""
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except (DecodeError, ValueError, RuntimeError, OSError) as err:
         raise BundleError(f"{path}: not a readable ONNX model ({_first_line(err)})") from None
     if not proto.HasField("graph") or not proto.graph.output:
         raise BundleError(f"{path}: not a readable ONNX model (no graph or no outputs; truncated?)")
-    base = path.parent
-    for tensor in weights.external_tensors(proto):
-        info = {e.key: e.value for e in tensor.external_data}
-        loc = info.get("location", "")
-        data = _external_path(root, base, loc, f"external data of {tensor.name!r} in {path.name}")
-        offset, length = int(info.get("offset", 0)), int(info.get("length", -1))
-        if not data.is_file():
-            raise BundleError(f"{path}: external data file {loc} for {tensor.name!r} is missing")
-        size = data.stat().st_size
-        if length >= 0 and offset + length > size:
-            raise BundleError(
-                f"{path}: external data file {loc} is too short for {tensor.name!r} "
-                f"(needs {offset + length} bytes, has {size}); the file is truncated"
-            )
     try:
-        model = ir.serde.deserialize_model(proto)
-    except Exception as err:  # onnx_ir raises several types on malformed protos
-        raise BundleError(f"{path}: malformed ONNX model ({_first_line(err)})") from None
-    ir.external_data.set_base_dir(model.graph, base)
-    return model
+        checks.check_model(proto)
+    except BundleError as err:
+        raise BundleError(f"{path}: {err}") from None
+    for tensor in weights.external_tensors(proto):
+        _check_external(tensor, path, root)
+    return proto
+
+
+def _check_external(tensor: onnx.TensorProto, path: Path, root: Path) -> None:
+    """One external tensor: a safe location, numeric offset/length, a file long enough."""
+    info = {e.key: e.value for e in tensor.external_data}
+    what = f"{path}: external data of {tensor.name!r}"
+    loc = info.get("location", "")
+    if "\0" in loc:
+        raise BundleError(f"{what}: location {loc!r} contains a NUL character")
+    if "\\" in loc:
+        raise BundleError(
+            f"{what}: location {loc!r} uses '\\' separators; external-data locations are "
+            "relative paths with '/'"
+        )
+    data = _external_path(root, path.parent, loc, what)
+    offset, length = _int_field(info, "offset", what), _int_field(info, "length", what)
+    expected = checks.expected_nbytes(tensor)
+    if length is not None and expected is not None and length != expected:
+        raise BundleError(
+            f"{what}: length {length} does not match its shape {list(tensor.dims)} of "
+            f"{onnx.TensorProto.DataType.Name(tensor.data_type)} ({expected} bytes)"
+        )
+    if not data.is_file():
+        raise BundleError(f"{path}: external data file {loc} for {tensor.name!r} is missing")
+    size = data.stat().st_size
+    end = (offset or 0) + (length if length is not None else expected or 0)
+    if end > size:
+        raise BundleError(
+            f"{path}: external data file {loc} is too short for {tensor.name!r} "
+            f"(needs {end} bytes, has {size}); the file is truncated or the offset is wrong"
+        )
+
+
+def _int_field(info: dict[str, str], key: str, what: str) -> int | None:
+    if key not in info:
+        return None
+    text = info[key].strip()
+    if not text.isdigit():
+        raise BundleError(f"{what}: {key} {info[key]!r} is not a non-negative integer")
+    return int(text)
+
+
+def check_output(out: str | os.PathLike, source: Path | None, *, overwrite: bool) -> Path:
+    """Refuse an output path that ``save`` could not write, before any work is done.
+
+    The output must not be the input, inside it, or (with ``overwrite``) contain it; must not
+    exist unless ``overwrite`` (an empty folder is fine); and its nearest existing parent must
+    be a folder in which files can be created (missing parents are created on save).
+    """
+    out = Path(out).absolute()
+    if source is not None:
+        src = Path(source).absolute()
+        if _same_or_inside(out, src):
+            what = "is the input" if out.resolve() == src.resolve() else "is inside the input"
+            raise BundleError(
+                f"output {out} {what} {src}: the output must not be the input or inside it; "
+                "choose another output"
+            )
+        if overwrite and _same_or_inside(src, out):
+            raise BundleError(
+                f"output {out} contains the input {src}; --force would delete the input"
+            )
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise BundleError(f"{out} already exists; choose another output or pass --force")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise BundleError(f"cannot write to {out}: {parent} is a file, not a folder")
+    probe = parent / f".{out.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"  # swept if killed
+    try:
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as err:
+        raise BundleError(
+            f"cannot write to {out}: cannot create files in {parent} ({_why(err)})"
+        ) from None
+    return out
+
+
+def _why(err: OSError) -> str:
+    """A short reason for an OSError, in words a user can act on."""
+    reasons = {
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EROFS: "read-only file system",
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is exceeded",
+        errno.EFBIG: "the file size limit is reached",
+        errno.ENOTDIR: "a parent is a file, not a folder",
+    }
+    return reasons.get(err.errno, err.strerror or str(err))
+
+
+def _save_error(err: OSError, out: Path, tmp: Path) -> str:
+    where = ""
+    if err.filename:
+        name = str(err.filename)
+        rel = name[len(str(tmp)) + 1 :] if name.startswith(str(tmp) + os.sep) else name
+        where = f" while writing {rel}"
+    return f"saving {out} failed: {_why(err)}{where}; nothing was written"
 
 
 def _safe_relpath(root: Path, rel: str, what: str) -> str:
@@ -348,19 +467,19 @@ def _has_data(root: Path, rel: str) -> bool:
     return (root / rel).exists()
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is removed only after the rename worked."""
-    if not out.exists():
+def _replace_dir(tmp: Path, out: Path, old: Path) -> None:
+    """Rename ``tmp`` to ``out``; an existing ``out`` moves to ``old`` first and is removed only
+    after the rename worked (``crashguard.recover`` puts it back if the process dies between)."""
+    if not (out.exists() or out.is_symlink()):
         os.rename(tmp, out)
         return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
     os.rename(out, old)
     try:
         os.rename(tmp, out)
     except OSError:
         os.rename(old, out)
         raise
-    if old.is_dir():
+    if old.is_dir() and not old.is_symlink():
         shutil.rmtree(old, ignore_errors=True)
     else:
         old.unlink(missing_ok=True)

@@ -16,8 +16,22 @@ from qgraph.commands import COMMANDS
 from qgraph.errors import QGraphError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line, naming the command and where to get help.
+
+    Subcommand parsers (``add_subparsers``) inherit the class, so ``qgraph compile
+    --print-changed=bogus`` prints ``qgraph compile: error: argument --print-changed: invalid
+    choice: 'bogus' (choose from 'diff', 'summary'); see 'qgraph compile --help'`` instead of the
+    whole usage block.
+    """
+
+    def error(self, message: str):  # type: ignore[override]
+        first = (message.strip().splitlines() or [""])[0]
+        self.exit(2, f"{self.prog}: error: {first}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="qgraph",
         description="Compile speech-recognition models into fast, small, correct ONNX: export a "
         "raw bundle from PyTorch, then rewrite it with an ordered list of tested passes.",

@@ -33,3 +33,9 @@ class ExportError(QGraphError):
 
 class RuntimeInputError(QGraphError):
     """Audio or runtime inputs are unreadable or unsupported."""
+
+
+class SelfCheckError(QGraphError):
+    """A bundle qgraph wrote failed to load back: a qgraph bug; nothing was written."""
+
+    exit_code = 3

@@ -107,8 +107,13 @@ class _Parser:
         while self.peek() == ",":
             self.pos += 1
             items.append(self.item())
-        if self.peek() != closing:
-            raise self.error(f"unexpected {self.text[self.pos]!r}; passes are separated by ','")
+        ch = self.peek()
+        if ch != closing:
+            if not ch:
+                raise self.error(f"unbalanced '(': expected '{closing}' but found end of text")
+            if ch == ")":
+                raise self.error("unexpected ')': no '(' to close it")
+            raise self.error(f"unexpected {ch!r}; passes are separated by ','")
         return Pipeline(items)
 
     def item(self) -> PassRef | Repeat:

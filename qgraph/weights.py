@@ -9,6 +9,7 @@ streamed one at a time from their memory-mapped source; no model is ever materia
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 from collections.abc import Iterator
@@ -117,7 +118,11 @@ class _DataFile:
         self.pos, self.sha = 0, hashlib.sha256()
 
     def write(self, data) -> None:
-        self.f.write(data)
+        try:
+            self.f.write(data)
+        except OSError as err:  # name the file: a full disk reports no file name
+            err.filename = err.filename or str(self.path)
+            raise
         self.sha.update(data)
         self.pos += len(data)
 
@@ -172,11 +177,17 @@ def save_models(
             onnx_path = root / rel
             onnx_path.parent.mkdir(parents=True, exist_ok=True)
             swapped: list[tuple[ir.Value, ir.TensorProtocol]] = []
+            attrs = _inline_external_attributes(model)
             try:
                 for graph in model.graphs():
                     for value in graph.initializers.values():
                         t = value.const_value
-                        if t is None or t.nbytes < INLINE_LIMIT:
+                        if t is None:
+                            continue
+                        if t.nbytes < INLINE_LIMIT:
+                            if isinstance(t, ir.ExternalTensor):  # inline: never the input's file
+                                swapped.append((value, t))
+                                value.const_value = _in_memory(t, t.name or value.name)
                             continue
                         key = tensor_key(t)
                         if key not in written:
@@ -197,6 +208,8 @@ def save_models(
             finally:
                 for value, t in swapped:
                     value.const_value = t
+                for attributes, name, attr in attrs:
+                    attributes[name] = attr
             data = proto.SerializeToString()
             onnx_path.write_bytes(data)
             hashes[rel] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
@@ -207,6 +220,42 @@ def save_models(
             if info is not None and data_rel:
                 hashes[data_rel] = info
     return hashes
+
+
+def _in_memory(t: ir.TensorProtocol, name: str | None) -> ir.TensorProtocol:
+    """A copy of ``t`` held in memory, so that it is serialised inline."""
+    if t.dtype == ir.DataType.STRING:
+        return ir.StringTensor(t.numpy(), shape=t.shape, name=name)
+    return ir.Tensor(t.numpy(), dtype=t.dtype, shape=t.shape, name=name)
+
+
+def _inline_external_attributes(model: ir.Model) -> list[tuple[Any, str, ir.Attr]]:
+    """Replace every tensor attribute read from external data (a ``Constant``'s ``value``, say)
+    with an in-memory copy; returns ``(attributes, name, original)`` to restore afterwards.
+
+    Attribute tensors are constants, small as a rule; they are written inline in the .onnx.
+    """
+    functions = (f.all_nodes() for f in model.functions.values())
+    replaced = []
+    for node in itertools.chain(model.graph.all_nodes(), *functions):
+        for name, attr in list(node.attributes.items()):
+            if attr.is_ref():
+                continue
+            if attr.type == ir.AttributeType.TENSOR and isinstance(attr.value, ir.ExternalTensor):
+                new = ir.AttrTensor(name, _in_memory(attr.value, attr.value.name))
+            elif attr.type == ir.AttributeType.TENSORS and any(
+                isinstance(t, ir.ExternalTensor) for t in attr.value
+            ):
+                tensors = [
+                    _in_memory(t, t.name) if isinstance(t, ir.ExternalTensor) else t
+                    for t in attr.value
+                ]
+                new = ir.AttrTensors(name, tensors)
+            else:
+                continue
+            replaced.append((node.attributes, name, attr))
+            node.attributes[name] = new
+    return replaced
 
 
 def file_digest(path: Path) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from qgraph.bundle import Bundle
+from qgraph.bundle import Bundle, check_output
 from qgraph.commands import add_pass_module_option
 from qgraph.errors import PipelineError
 from qgraph.instruments.diff import human_bytes
@@ -121,6 +121,7 @@ def run(args) -> int:
     steps = expand(args.passes, registry, what="--passes")
     if args.bisect_limit is not None and args.bisect_limit < 0:
         raise PipelineError("--bisect-limit must be 0 or more")
+    check_output(args.output, args.input, overwrite=args.force)  # before any work
     bundle = Bundle.load(args.input)
     total = len(flatten(steps))
     out = sys.stdout
