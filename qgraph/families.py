@@ -204,7 +204,7 @@ def get_family(name: str) -> Family:
     plugin) is treated as ``generic``."""
     found = families().get(name)
     if found is None:
-        logger.warning("unknown family '%s' (a plugin not installed?); treated as generic", name)
+        logger.info("unknown family '%s' (a plugin not installed?); treated as generic", name)
         return GENERIC_FAMILY
     return found
 
