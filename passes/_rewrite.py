@@ -291,3 +291,57 @@ class Builder:
     def commit(self, graph: ir.Graph, before: ir.Node) -> None:
         graph.insert_before(before, self.nodes)
         self.nodes = []
+
+
+# -- names ----------------------------------------------------------------------------------------
+def value_names(model: ir.Model) -> set[str]:
+    """Every value name of the model: inputs, initializers and node outputs of every graph."""
+    names: set[str] = set()
+    for graph in model.graphs():
+        names.update(v.name for v in graph.inputs if v.name)
+        names.update(graph.initializers)
+        for node in graph:
+            names.update(v.name for v in node.outputs if v.name)
+    return names
+
+
+def fresh_name(base: str, taken: set[str]) -> str:
+    """``base``, or ``base_1``, ``base_2``, ... : the first not in ``taken`` (then added to it)."""
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def merged_name(names: Sequence[str]) -> str | None:
+    """One name for tensors packed side by side, from names that differ in one dotted part with
+    a common ``_``-suffix: ``a.q_proj.weight``, ``a.k_proj.weight``, ``a.v_proj.weight`` ->
+    ``a.qkv_proj.weight``; ``gate_proj``/``up_proj`` -> ``gate_up_proj``. None otherwise."""
+    parts = [name.split(".") for name in names]
+    if len(parts) < 2 or len({len(p) for p in parts}) != 1:
+        return None
+    differ = [i for i in range(len(parts[0])) if len({p[i] for p in parts}) > 1]
+    if len(differ) != 1:
+        return None
+    words = [p[differ[0]] for p in parts]
+    tail = words[0][words[0].find("_") :] if "_" in words[0] else ""
+    while tail and not all(w.endswith(tail) and len(w) > len(tail) for w in words):
+        cut = tail.find("_", 1)
+        tail = tail[cut:] if cut > 0 else ""
+    if not tail:
+        return None
+    stems = [w[: -len(tail)] for w in words]
+    joined = "".join(stems) if all(len(s) == 1 for s in stems) else "_".join(stems)
+    return ".".join([*parts[0][: differ[0]], joined + tail, *parts[0][differ[0] + 1 :]])
+
+
+def rename_initializers(graph: ir.Graph, names: dict[ir.Value, str]) -> None:
+    """Rename initializers of ``graph`` (``value: new name``), keeping their order."""
+    values = list(graph.initializers.values())
+    for value in values:
+        graph.initializers.pop(value.name)
+    for value in values:
+        if value in names:
+            value.name = names[value]
+        graph.initializers[value.name] = value

@@ -7,18 +7,20 @@ Rewrite (q/k/v projections, gate/up of a gated MLP)::
     y_1, ..., y_n = Split(MatMul(x, Concat(W_1..W_n, axis=1)) [+ Concat(b_1..b_n)],
                           [N_1..N_n], axis=-1)
 
-One wide matrix-vector product replaces n narrow ones: in single-token decoding (memory-bound,
-one thread-pool dispatch per MatMul) this cuts the MatMul time of the packed projections by
-about a sixth on ORT CPU. The bias Adds are packed too when every sibling has one (1-D
-constant, one Add as the MatMul's only consumer). The concatenated weights are new
-initializers named after the first weight, computed when first read (``ir.LazyTensor``: when a
-later pass quantizes them or the bundle is saved; the sources' mapped pages are let go after
-each read), so packing a decoder never holds a copy of it in memory; the old ones are dropped
-when nothing else reads them (a use in any graph, subgraphs included, keeps them). Identical
-packs in decoder_init and decoder_step stay identical, so ``share-weights`` still stores them
-once. The packed MatMul lists the module scopes of the MatMuls it replaces in its
-``qgraph.module_scopes`` metadata, so quantization roles and exclusions (``*.layers.0.*``) still
-see the q/k/v or gate/up it computes.
+One wide matrix-vector product replaces n narrow ones: in single-token decoding (memory-bound, one
+thread-pool dispatch per MatMul) this cuts the MatMul time of the packed projections by about a
+sixth on ORT CPU. The bias Adds are packed too when every sibling has one (1-D constant, one Add as
+the MatMul's only consumer). The concatenated weights are new initializers named after the weights
+they pack (``...self_attn.q_proj.weight``, ``k_proj``, ``v_proj`` ->
+``...self_attn.qkv_proj.weight``; ``gate_proj``/``up_proj`` -> ``gate_up_proj``; the biases
+likewise; names that do not differ in one ``_``-suffixed part give ``<first weight>.packed<n>`` and
+``<packed weight>.bias``), computed when first read (``ir.LazyTensor``: when a later pass quantizes
+them or the bundle is saved; the sources' mapped pages are let go after each read), so packing a
+decoder never holds a copy of it in memory; the old ones are dropped when nothing else reads them
+(a use in any graph, subgraphs included, keeps them). Identical packs in decoder_init and
+decoder_step stay identical, so ``share-weights`` still stores them once. The packed MatMul lists
+the module scopes of the MatMuls it replaces in its ``qgraph.module_scopes`` metadata, so
+quantization roles and exclusions (``*.layers.0.*``) still see the q/k/v or gate/up it computes.
 
 Does not fire (``skipped:<reason>``): a sibling's result is a graph output (an ``If`` branch's
 output included); the weights differ in element type. A single MatMul on an input, and MatMuls
@@ -45,7 +47,16 @@ import onnx_ir as ir
 
 from qgraph.pass_api import GraphPass, Tolerance
 from qgraph.passes._lazy import release
-from qgraph.passes._rewrite import Builder, const_array, rank, remove_dead, take_over
+from qgraph.passes._rewrite import (
+    Builder,
+    const_array,
+    fresh_name,
+    merged_name,
+    rank,
+    remove_dead,
+    take_over,
+    value_names,
+)
 from qgraph.passes._roles import SCOPES_KEY, module_scopes
 
 
@@ -89,17 +100,6 @@ def _home(sources: list[ir.Value], graph: ir.Graph) -> ir.Graph:
     if len(homes) == 1 and all(v.is_initializer() for v in sources):
         return homes.pop()
     return graph
-
-
-def _value_names(model: ir.Model) -> set[str]:
-    """Every value name of the model: inputs, initializers and node outputs of every graph."""
-    names: set[str] = set()
-    for graph in model.graphs():
-        names.update(v.name for v in graph.inputs if v.name)
-        names.update(graph.initializers)
-        for node in graph:
-            names.update(v.name for v in node.outputs if v.name)
-    return names
 
 
 class FuseSiblingMatMuls(GraphPass):
@@ -146,12 +146,8 @@ class _Packer:
     def fresh(self, base: str) -> str:
         """``base``, or ``base`` with a numeric suffix, unused by any value of the model."""
         if self.names is None:
-            self.names = _value_names(self.model)
-        name, i = base, 1
-        while name in self.names:
-            name, i = f"{base}_{i}", i + 1
-        self.names.add(name)
-        return name
+            self.names = value_names(self.model)
+        return fresh_name(base, self.names)
 
     def initializer(
         self,
@@ -183,7 +179,7 @@ class _Packer:
         packed = self.initializer(
             tuple(sources),
             _home(sources, graph),
-            f"{sources[0].name}.packed{len(nodes)}",
+            merged_name([v.name or "" for v in sources]) or f"{sources[0].name}.packed{len(nodes)}",
             lambda name: _side_by_side(weights, name),
         )
         self.sources += sources
@@ -199,7 +195,7 @@ class _Packer:
             bias = self.initializer(
                 (packed, *values),
                 _home(values, graph),
-                f"{packed.name}.bias",
+                merged_name([v.name or "" for v in values]) or f"{packed.name}.bias",
                 lambda name: ir.tensor(arr, name=name),
             )
             self.sources += values

@@ -9,7 +9,10 @@ Rewrite::
 
 ``W_Q4`` is uint8 ``[N, ceil(K/block_size), block_size*bits/8]``, ``W_scales``
 ``[N, k_blocks]``, ``W_zero_points`` packed uint8 (asymmetric only; symmetric uses the implicit
-zero point ``2^(bits-1)``). The bytes are those of ``onnxruntime.quantization``'s
+zero point ``2^(bits-1)``). They are named after the weight (``<W>_Q4`` or ``<W>_Q8``,
+``<W>_scales``, ``<W>_zero_points``), whose name is its module's
+(``...self_attn.qkv_proj.weight``; ``fold-constants`` and ``fuse-sibling-matmuls`` keep it so),
+unique within the graph that holds them. The bytes are those of ``onnxruntime.quantization``'s
 ``MatMulNBitsQuantizer`` with ``DefaultWeightOnlyQuantConfig`` (the same C++ kernel; a test
 compares them). From a memory-mapped (or lazily computed) weight they are ``ir.LazyTensor``
 objects computed when the bundle is hashed or saved, one weight at a time, and the weight's

@@ -9,6 +9,9 @@ Rewrite::
     acc = MatMulInteger(xq, W_i8, xz)                           W_i8: int8 [K, N], zero point 0
     y = Mul(Cast(acc, to=FLOAT), Mul(xs, W_scale))              W_scale: float [N]
 
+``W_i8``/``W_scale`` are named ``<W>_quantized``/``<W>_scale`` after the weight, whose name
+is its module's (``...mlp.fc1.weight``; ``fold-constants`` and ``fuse-sibling-matmuls`` keep
+it so), so ``exclude`` patterns, diffs and ``--stats`` read module names.
 This is the structure ``onnxruntime.quantization.quantize_dynamic`` emits; ONNX Runtime fuses it
 into ``DynamicQuantizeMatMul`` when it loads the model. The weights are ``ir.LazyTensor``
 objects computed from the memory-mapped source when the bundle is hashed or saved (a source

@@ -355,3 +355,28 @@ def test_weights_of_the_branch_itself_are_packed_there():
     assert sorted(then_g.initializers) == ["t_Wq.packed3"]
     assert sorted(model.graph.initializers) == ["Wq.packed3"]  # the else-branch's pack
     assert not else_g.initializers
+
+
+def test_packed_weight_is_named_after_the_modules(typed):
+    model = as_weights(typed(GATE_UP), ["wg", "wu"])
+    model.graph.initializers["wg"].name = "m.layers.0.mlp.gate_proj.weight"
+    model.graph.initializers["wu"].name = "m.layers.0.mlp.up_proj.weight"
+    check = check_pass(FuseSiblingMatMuls(), model)
+    assert list(check.after.graph.initializers) == ["m.layers.0.mlp.gate_up_proj.weight"]
+
+
+@pytest.mark.parametrize(
+    ("names", "merged"),
+    [
+        (["a.q_proj.weight", "a.k_proj.weight", "a.v_proj.weight"], "a.qkv_proj.weight"),
+        (["a.q_proj.bias", "a.k_proj.bias", "a.v_proj.bias"], "a.qkv_proj.bias"),
+        (["d.k_proj.weight.T", "d.v_proj.weight.T"], "d.kv_proj.weight.T"),
+        (["Wq", "Wk", "Wv"], None),  # packed as Wq.packed3
+        (["a.fc1.weight", "a.fc2.weight"], None),
+        (["a.q_proj.weight", "b.k_proj.weight"], None),
+    ],
+)
+def test_merged_names(names, merged):
+    from qgraph.passes._rewrite import merged_name
+
+    assert merged_name(names) == merged

@@ -248,3 +248,46 @@ def test_tiny_decoders_quantized_alike_still_share_one_file(tiny_raw, tmp_path):
     assert "GatherBlockQuantized" in op_types(bundle.components["decoder_init"])
     transcript = AsrSession(out).transcribe(example_audio(), max_tokens=8)
     assert len(transcript.token_ids) == 8
+
+
+PROJECTIONS = """
+<ir_version: 10, opset_import: ["" : 18]>
+g (float[2,5,64] x, float[64,64] wq, float[64,64] wk, float[64,64] wv, float[64,64] wo)
+    => (float[2,5,64] y) {
+    tq = Transpose <perm = [1, 0]> (wq)
+    tk = Transpose <perm = [1, 0]> (wk)
+    tv = Transpose <perm = [1, 0]> (wv)
+    to = Transpose <perm = [1, 0]> (wo)
+    q = MatMul (x, tq)
+    k = MatMul (x, tk)
+    v = MatMul (x, tv)
+    qk = Add (q, k)
+    s = Add (qk, v)
+    y = MatMul (s, to)
+}
+"""
+
+
+def test_names_survive_folding_packing_and_exclusion():
+    """Folded, packed and quantized weights keep module names, which ``exclude`` matches."""
+    from qgraph.passes.fold_constants import FoldConstants
+    from qgraph.passes.fuse_sibling_matmuls import FuseSiblingMatMuls
+
+    rng = np.random.default_rng(0)
+    names = {w: f"model.layers.0.self_attn.{w[1]}_proj.weight" for w in ("wq", "wk", "wv", "wo")}
+    arrays = {w: rng.standard_normal((64, 64)).astype(np.float32) for w in names}
+    model = as_initializers(model_from_text(PROJECTIONS), arrays)
+    for old, new in names.items():
+        model.graph.initializers[old].name = new
+    FoldConstants()(model)
+    assert sorted(model.graph.initializers) == sorted(names.values())
+    FuseSiblingMatMuls()(model)
+    packed = "model.layers.0.self_attn.qkv_proj.weight"
+    assert sorted(model.graph.initializers) == sorted([packed, names["wo"]])
+    p = QuantizeMatMulNBits(exclude=("*.self_attn.qkv_proj.weight",))
+    p(model)
+    assert p.stats["skipped:excluded"] == 1 and p.stats["quantized"] == 1
+    o_proj = names["wo"]
+    assert sorted(model.graph.initializers) == sorted(
+        [packed, f"{o_proj}_Q4", f"{o_proj}_scales", f"{o_proj}_zero_points"]
+    )
