@@ -215,7 +215,7 @@ def find_sites(p: QPass, model: ir.Model) -> list[Attention]:
             continue
         site = match(node)
         if isinstance(site, str):
-            p.count(f"skipped:{site}")
+            p.count(f"skipped:{site}", where=node)
         else:
             sites.append(site)
     return sites

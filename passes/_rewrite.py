@@ -18,7 +18,6 @@ rewrite), and the pass is ``rules`` plus its name, docstring and ordering constr
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -60,8 +59,8 @@ def apply_rules(p: QPass, model: ir.Model, rules: Sequence[RewriteRule]) -> bool
         logger.debug("%s: %d sites fused", p.name, fused)
     tracer = _NearMisses()
     ruleset.apply_to_model(model, tracer=tracer)
-    for reason, n in Counter(tracer.reasons.values()).items():
-        p.count(f"skipped:{reason}", n)
+    for node, reason in tracer.reasons.items():
+        p.count(f"skipped:{reason}", where=node)
     if fused:
         RemoveUnusedNodesPass()(model)
     return bool(fused)

@@ -177,7 +177,7 @@ class FuseGroupQueryAttention(GraphPass):
             if reason is None and site.past_k is not None and site.batch1_only():
                 reason = "past cache with several queries needs batch 1"
             if reason is not None:
-                self.count(f"skipped:{reason}")
+                self.count(f"skipped:{reason}", where=site.out.producer())
                 continue
             sites.append(site)
         cache: dict = {}

@@ -80,7 +80,7 @@ class FuseMultiHeadAttention(GraphPass):
         for site in find_sites(self, model):
             reason = _refusal(site)
             if reason is not None:
-                self.count(f"skipped:{reason}")
+                self.count(f"skipped:{reason}", where=site.out.producer())
                 continue
             sites.append(site)
         cache: dict = {}

@@ -120,10 +120,10 @@ class FuseSiblingMatMuls(GraphPass):
             if len(nodes) < 2 or rank(x) is None or rank(x) < 2:
                 continue
             if any(n.outputs[0].is_graph_output() for n in nodes):
-                self.count("skipped:a sibling result is a graph output")
+                self.count("skipped:a sibling result is a graph output", where=nodes[0])
                 continue
             if len({_weight(n).dtype for n in nodes}) > 1:
-                self.count("skipped:weights differ in element type")
+                self.count("skipped:weights differ in element type", where=nodes[0])
                 continue
             packer.pack(graph, nodes)
             fused += 1

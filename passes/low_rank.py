@@ -259,15 +259,15 @@ class LowRank(GraphPass):
             if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
                 continue
             if MARK in node.metadata_props:
-                self.count("skipped:already low-rank")
+                self.count("skipped:already low-rank", where=node)
                 continue
             weight, wname = _const(node.inputs[1])
             if weight is None or weight.ndim != 2 or weight.dtype != np.float32:
-                self.count("skipped:weight is not a 2-D float constant")
+                self.count("skipped:weight is not a 2-D float constant", where=node)
                 continue
             name = _scope(node) or wname or node.name or "matmul"
             if any(fnmatch.fnmatchcase(n, p) for p in self.exclude for n in (name, wname) if n):
-                self.count("skipped:excluded")
+                self.count("skipped:excluded", where=node)
                 continue
             which = (name + " " + wname).lower()
             if _ATTENTION.search(which):
@@ -275,7 +275,7 @@ class LowRank(GraphPass):
             elif _MLP.search(which):
                 threshold = self.mlp_threshold
             else:
-                self.count("skipped:neither attention nor MLP")
+                self.count("skipped:neither attention nor MLP", where=node)
                 continue
             add, bias = self._bias(node, weight.shape[1])
             sites.append(_Site(node, weight, add, bias, threshold, name))

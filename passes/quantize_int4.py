@@ -151,7 +151,7 @@ class QuantizeMatMulNBits(GraphPass):
                 node, weight, self.roles, self.exclude, FLOATS, fallback, self.component_role
             )
             if reason:
-                self.count(f"skipped:{reason}")
+                self.count(f"skipped:{reason}", where=node)
                 continue
             done[weight] = self._rewrite(node, weight)
             self.count("quantized")

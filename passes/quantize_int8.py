@@ -104,7 +104,7 @@ class QuantizeInt8(GraphPass):
                 self.component_role,
             )
             if reason:
-                self.count(f"skipped:{reason}")
+                self.count(f"skipped:{reason}", where=node)
                 continue
             self._rewrite(node, weight, quantized_inputs)
             done.add(weight)

@@ -35,10 +35,10 @@ class StripReshapeAllowzero(GraphPass):
                 ir.convenience.get_const_tensor(node.inputs[1]) if len(node.inputs) > 1 else None
             )
             if shape is None:
-                self.count("skipped:shape not constant")
+                self.count("skipped:shape not constant", where=node)
                 continue
             if (shape.numpy() == 0).any():
-                self.count("skipped:shape has a zero")
+                self.count("skipped:shape has a zero", where=node)
                 continue
             del node.attributes["allowzero"]
             self.count("stripped")

@@ -154,7 +154,9 @@ class Manager:
             changed = self._apply(p, comps)
             seconds = time.perf_counter() - start
             kept = [c for c in comps if c in self.bundle.components]
-            record = PassRecord(index, str(p), kept, changed, seconds, dict(p.stats))
+            record = PassRecord(
+                index, str(p), kept, changed, seconds, dict(p.stats), where=dict(p.sites)
+            )
             for inst in reversed(self.instruments):
                 inst.after_pass(ctx, record)
         except BaseException as err:
@@ -180,7 +182,7 @@ class Manager:
             roles = self.bundle.roles()
             changed = []
             for c in comps:
-                if p.run_on(self.bundle.components[c], roles[c]).modified:
+                if p.run_on(self.bundle.components[c], c, roles[c]).modified:
                     changed.append(c)
             return changed
         except QGraphError:

@@ -59,6 +59,9 @@ class Tolerance:
 
 LOSSLESS = Tolerance()
 
+MAX_SITES = 5
+"""Sites kept per statistic (``QPass.sites``)."""
+
 ON_HELP = (
     "components to run on, by name or role (encoder, frontend, prefill, step, decoder, "
     "merged-decoder); default: the pass's own roles, else all"
@@ -220,31 +223,47 @@ class QPass:
             self.__dict__["_stats"] = Counter()
         return self.__dict__["_stats"]
 
-    def count(self, key: str, n: int = 1) -> None:
-        """Add to a statistic; keys starting with ``skipped:`` are near-misses with a reason."""
+    @property
+    def sites(self) -> dict[str, list[str]]:
+        """Where each statistic happened: ``{key: [node, ...]}`` (the first ``MAX_SITES``)."""
+        return self.__dict__.setdefault("_sites", {})
+
+    def count(self, key: str, n: int = 1, where: ir.Node | None = None) -> None:
+        """Add to a statistic; keys starting with ``skipped:`` are near-misses with a reason.
+        ``where`` is the node that anchors the site (kept for ``--stats``, the report and the
+        manifest: component and node name)."""
         self.stats[key] += n
+        if where is not None:
+            names = self.sites.setdefault(key, [])
+            if len(names) < MAX_SITES:
+                node = where.name or f"<unnamed {where.op_type}>"
+                component = getattr(self, "component", "")
+                names.append(f"{component}: {node}" if component else node)
 
     def reset_stats(self) -> None:
         self.stats.clear()
+        self.sites.clear()
 
 
 class GraphPass(QPass, ir.passes.InPlacePass):
     """A pass that rewrites one component's ``ir.Model`` in place.
 
-    While it runs on a component, ``component_role`` holds that component's role (``''`` when
-    the pass is called on a bare model, e.g. in a test).
+    While it runs on a bundle's component, ``component`` and ``component_role`` hold its name and
+    role (``''`` when the pass is called on a bare model, e.g. in a test).
     """
 
     on: tuple[str, ...] = option((), ON_HELP)
+    component: ClassVar[str] = ""
     component_role: ClassVar[str] = ""
 
-    def run_on(self, model: ir.Model, role: str) -> ir.passes.PassResult:
-        """Run on one component whose role (``qgraph.families``) is ``role``."""
-        self.component_role = role
+    def run_on(self, model: ir.Model, component: str, role: str) -> ir.passes.PassResult:
+        """Run on ``model``, the bundle's ``component``, whose role (``qgraph.families``) is
+        ``role``."""
+        self.component, self.component_role = component, role
         try:
             return self(model)
         finally:
-            del self.component_role
+            del self.component, self.component_role
 
 
 class BundlePass(QPass, ir.passes.InPlacePass):

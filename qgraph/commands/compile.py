@@ -197,6 +197,10 @@ def print_stats(records: list[PassRecord]) -> None:
             continue
         items = ", ".join(f"{k}={v}" for k, v in sorted(r.stats.items()))
         print(f"  {r.text}: {items}")
+        for key, sites in sorted(r.where.items()):
+            more = r.stats[key] - len(sites)
+            at = ", ".join(sites) + (f" and {more} more" if more > 0 else "")
+            print(f"    {key} at {at}")
 
 
 def print_memory(records: list[PassRecord]) -> None:

@@ -44,6 +44,9 @@ class PassRecord:
     summaries: dict[str, str] = field(default_factory=dict)
     diffs: dict[str, str] = field(default_factory=dict)
     verified: dict[str, str] = field(default_factory=dict)
+    where: dict[str, list[str]] = field(default_factory=dict)
+    """Where statistics happened: ``{key: ["component: node", ...]}`` (``QPass.count(where=)``,
+    the first ``MAX_SITES`` of each)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Instrument-owned, JSON-serialisable entries copied into the history entry by key."""
 
@@ -62,6 +65,8 @@ class PassRecord:
             "seconds": round(self.seconds, 4),
             "stats": self.stats,
         }
+        if self.where:
+            entry["where"] = self.where
         entry.update(self.extra)
         return entry
 

@@ -13,7 +13,6 @@ history does not already hold, this instrument adds under ``entry["report"]``, c
   each; ``qgraph.instruments.neighbourhood``);
 - ``diff``: the unified graph diff of each modified component, cut at ``max_diff_lines`` (the text
   form without weight hashes unless ``--print-changed=diff``/``--dump-dir`` computed it anyway);
-- ``where``: each statistic split by component (graph passes), so near misses say where;
 - ``verified``: the ``--verify-each`` verdicts.
 
 Put it outside the instruments whose results it reads (``Instruments.build`` does).
@@ -34,7 +33,6 @@ from qgraph.instruments import diff as diffs
 from qgraph.instruments import neighbourhood
 from qgraph.instruments.base import Instrument, PassContext, PassRecord
 from qgraph.instruments.textform import model_text
-from qgraph.pass_api import GraphPass
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +84,6 @@ class HtmlReport(Instrument):
         self._input: dict[str, Any] | None = None
         self._snap: dict[str, list] = {}
         self._texts: dict[str, str] = {}
-        self._where: dict[str, Counter] = {}
 
     # -- hooks ------------------------------------------------------------------------------
     def before_pipeline(self, bundle: Bundle) -> None:
@@ -100,12 +97,8 @@ class HtmlReport(Instrument):
         comps = ctx.bundle.components
         self._snap = {c: neighbourhood.snapshot(comps[c]) for c in ctx.components}
         self._texts = {c: model_text(comps[c], _NoHash()) for c in ctx.components}
-        self._where = {}
-        if isinstance(ctx.qpass, GraphPass):
-            self._watch(ctx)
 
     def after_pass(self, ctx: PassContext, record: PassRecord) -> None:
-        self._unwatch(ctx)
         comps = ctx.bundle.components
         entry: dict[str, Any] = {}
         if self._input is not None:
@@ -135,21 +128,15 @@ class HtmlReport(Instrument):
                 "text": "\n".join(lines[: self.max_diff_lines]),
                 "lines": len(lines),
             }
-        if self._where:
-            entry["where"] = {
-                key: {c: n for c, counts in self._where.items() if (n := counts.get(key))}
-                for key in record.stats
-            }
         if record.verified:
             entry["verified"] = dict(record.verified)
         if record.summaries:
             entry["summaries"] = dict(record.summaries)
         record.extra["report"] = json.loads(json.dumps(entry))
-        self._snap, self._texts, self._where = {}, {}, {}
+        self._snap, self._texts = {}, {}
 
     def after_failure(self, ctx: PassContext, error: BaseException) -> None:
-        self._unwatch(ctx)
-        self._snap, self._texts, self._where = {}, {}, {}
+        self._snap, self._texts = {}, {}
 
     def after_pipeline(self, records: list[PassRecord]) -> None:
         """Write the page now (file hashes are unknown until the bundle is saved: the CLI
@@ -173,26 +160,3 @@ class HtmlReport(Instrument):
         path.write_text(render(manifest), encoding="utf-8")
         logger.info("report written to %s (%d bytes)", path, path.stat().st_size)
         return path
-
-    # -- statistics per component -----------------------------------------------------------
-    def _watch(self, ctx: PassContext) -> None:
-        """Wrap the pass's ``call`` for this execution to split its statistics by component."""
-        p, bundle = ctx.qpass, ctx.bundle
-        inner = p.call
-        where = self._where
-
-        def call(model: ir.Model) -> ir.passes.PassResult:
-            name = next((c for c, m in bundle.components.items() if m is model), "?")
-            before = Counter(p.stats)
-            try:
-                return inner(model)
-            finally:
-                delta = Counter(p.stats)
-                delta.subtract(before)
-                where.setdefault(name, Counter()).update({k: n for k, n in delta.items() if n})
-
-        p.__dict__["call"] = call
-
-    @staticmethod
-    def _unwatch(ctx: PassContext) -> None:
-        ctx.qpass.__dict__.pop("call", None)

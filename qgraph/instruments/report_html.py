@@ -58,16 +58,14 @@ def _options(entry: dict) -> str:
 
 
 def _stats_cell(entry: dict) -> str:
-    where = entry.get("report", {}).get("where", {})
+    """Each statistic, with where it happened (``component: node``, the first few)."""
+    where = entry.get("where", {})
     items = []
     for key, n in sorted(entry.get("stats", {}).items()):
         cls = "miss" if key.startswith("skipped:") else ""
-        at = where.get(key, {})
-        loc = (
-            f' <span class="where">({", ".join(f"{escape(c)} {m}" for c, m in at.items())})</span>'
-            if at
-            else ""
-        )
+        at = where.get(key, [])
+        more = f" and {n - len(at)} more" if at and n > len(at) else ""
+        loc = f' <span class="where">(at {escape(", ".join(at))}{more})</span>' if at else ""
         items.append(f'<div class="{cls}">{escape(key)} = {n}{loc}</div>')
     return "".join(items)
 

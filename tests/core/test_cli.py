@@ -46,7 +46,7 @@ def test_compile_with_instruments(small_onnx, tmp_path, capsys):
     assert "nodes 7 -> 5 (-2)" in stdout and "verify small: ok" in stdout
     assert "timing (seconds per pass)" in stdout and "cse: nodes merged=1" in stdout
     assert (tmp_path / "dumps" / "00-input" / "small.txt").exists()
-    assert "-%b = MatMul(%r, %wt)" in (tmp_path / "dumps" / "03-cse" / "small.diff").read_text()
+    assert "-%b = MatMul(%r, %w)" in (tmp_path / "dumps" / "03-cse" / "small.diff").read_text()
     from qgraph.bundle import Bundle
 
     history = Bundle.load(out).history
