@@ -226,7 +226,7 @@ class QPass:
     @property
     def sites(self) -> dict[str, list[str]]:
         """Where each statistic happened: ``{key: [node, ...]}`` (the first ``MAX_SITES``)."""
-        return self.__dict__.setdefault("_sites", {})
+        return self.__dict__.setdefault("_stat_sites", {})
 
     def count(self, key: str, n: int = 1, where: ir.Node | None = None) -> None:
         """Add to a statistic; keys starting with ``skipped:`` are near-misses with a reason.
