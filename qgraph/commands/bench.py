@@ -133,6 +133,13 @@ def run(args) -> int:
         f"memory          {r.rss_after_load_mb:.0f} MiB after load, {r.peak_rss_mb:.0f} MiB peak "
         f"({r.decoder_sessions} decoder session{'s' if r.decoder_sessions > 1 else ''})"
     )
+    if r.floor_ms is not None:
+        print(
+            f"step floor      {r.floor_ms:9.2f} ms = ({r.step_weight_mb:.1f} MiB weights + "
+            f"{r.step_cache_mb:.1f} MiB cache) / {r.bandwidth_gbs:.1f} GB/s read with "
+            f"{r.floor_threads} thread{'s' if r.floor_threads != 1 else ''}: step at "
+            f"{r.decoder_step_ms / r.floor_ms:.2f}x the floor"
+        )
     if args.json is not None:
         try:
             args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
