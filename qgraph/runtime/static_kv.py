@@ -144,9 +144,10 @@ class StaticKvCache:
         return vocab
 
     # -- running ------------------------------------------------------------------------------
-    def prefill(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+    def prefill(self, feeds: Mapping[str, np.ndarray], row: int | None = None) -> np.ndarray:
         """Run the prefill on ``feeds`` (ids, positions arange(S), features, offset) for every
-        row at once; the buffers receive positions ``[0, S)``. Returns the logits."""
+        row at once, or for batch row ``row`` alone (feeds of batch 1, written into that row's
+        slice of the buffers); the buffers receive positions ``[0, S)``. Returns the logits."""
         import onnxruntime as ort
 
         seq = int(np.asarray(feeds["position_ids"]).shape[1])
@@ -160,7 +161,16 @@ class StaticKvCache:
             array = np.ascontiguousarray(value)
             keep.append(array)
             io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
-        self._bind_cache(io)
+        if row is None:
+            self._bind_cache(io)
+        else:
+            if not 0 <= row < self.batch:
+                raise RuntimeInputError(f"row {row} outside a batch of {self.batch}")
+            for name, buf in self.buffers.items():
+                view = ort.OrtValue.ortvalue_from_numpy(buf[row : row + 1])  # contiguous rows
+                keep.append(view)
+                io.bind_ortvalue_input(name, view)
+                io.bind_ortvalue_output(name.replace("past_key_values.", "present."), view)
         component.session.run_with_iobinding(io)
         logits = io.get_outputs()[0].numpy()
         del keep
