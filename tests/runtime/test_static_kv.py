@@ -84,3 +84,42 @@ def test_bench_runs_on_the_static_layout(bundles):
 
     result = run_bench(bundles["static"], audio_seconds=2.0, steps=3, repeat=1, past_tokens=20)
     assert result.decoder_step_ms > 0 and result.decoder_sessions == 1
+
+
+def test_batched_decoding_matches_batch_one(bundles):
+    from qgraph.runtime.batch import transcribe_many
+    from qgraph.runtime.bench import bench_audio
+
+    session = AsrSession(bundles["static"])
+    audios = [bench_audio(s) for s in (2.0, 3.3, 1.2, 2.6, 4.0)]
+    reference = [session.transcribe(a, max_tokens=25).token_ids for a in audios]
+    for size in (1, 2, 4):
+        out = transcribe_many(session, audios, batch_size=size, max_tokens=25)
+        assert [t.token_ids for t in out] == reference, size
+        assert all(t.prompt_length > 0 and t.timings.step_s for t in out)
+
+
+def test_batched_steps_share_one_cache_with_rows_at_their_own_positions(bundles):
+    from qgraph.runtime.batch import greedy_batch
+
+    session = AsrSession(bundles["static"])
+    samples = session.read_audio(example_audio())
+    features = session.encode(session.features(samples))
+    prompt = session.prompt_for(features)
+    short = session.prompt_for(features[:, :20])
+    jobs = [(features, prompt, 12), (features[:, :20], short, 5)]
+    out = greedy_batch(session, jobs, stop_on_eos=False)
+    alone = [greedy_batch(session, [job], stop_on_eos=False)[0] for job in jobs]
+    assert out == alone
+    assert [len(t) for t, _ in out] == [12, 5] and {r for _, r in out} == {"max_tokens"}
+
+
+def test_cli_batch(bundles, capsys):
+    from qgraph.cli import main
+
+    audio = str(example_audio())
+    argv = ["transcribe", str(bundles["static"]), audio, audio, "--batch", "2", "--max-tokens", "4"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0] == lines[1] and lines[0].startswith(audio + "\t")
+    assert main(["transcribe", str(bundles["default"]), audio, "--batch", "2"]) != 0
