@@ -77,6 +77,13 @@ def add_parser(sub) -> None:
         "most runtimes do (default: one merged session, one pre-packed copy of the weights)",
     )
     p.add_argument(
+        "--prepack-dir",
+        type=Path,
+        metavar="DIR",
+        help="qwen3-asr: load pre-packed weights memory-mapped from a per-machine cache in DIR "
+        "(written on the first load; the decoder only in the static-kv-cache layout)",
+    )
+    p.add_argument(
         "--json",
         type=Path,
         metavar="FILE",
@@ -109,6 +116,7 @@ def run(args) -> int:
         threads=args.threads,
         audio=audio,
         share_weights=not args.separate_decoders,
+        prepack_dir=args.prepack_dir,
     )
 
     r = result

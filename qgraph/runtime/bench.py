@@ -163,6 +163,7 @@ def run_bench(
     audio: np.ndarray | None = None,
     share_weights: bool = True,
     floor: bool = True,
+    prepack_dir: str | os.PathLike[str] | None = None,
 ) -> BenchResult:
     """Benchmark ``bundle_dir`` with its family's session (any ``Session``); ``audio`` (16 kHz
     mono) overrides the built-in speech; ``share_weights=False`` opens a Qwen3-ASR bundle's
@@ -172,7 +173,8 @@ def run_bench(
     from qgraph.families import open_session
 
     start = time.perf_counter()
-    session = open_session(bundle_dir, threads=threads, share_weights=share_weights)
+    extra: dict[str, Any] = {"prepack_dir": prepack_dir} if prepack_dir is not None else {}
+    session = open_session(bundle_dir, threads=threads, share_weights=share_weights, **extra)
     load_s = time.perf_counter() - start
     rss_after_load = rss_bytes()
     samples = audio if audio is not None else bench_audio(audio_seconds, session.sample_rate)

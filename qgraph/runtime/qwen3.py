@@ -99,7 +99,7 @@ class _Branch(Component):
 
 
 def _open_merged(
-    paths: dict[str, Path], options: Any, providers: list[str]
+    paths: dict[str, Path], options: Any, providers: list[str], prepack_dir: Path | None = None
 ) -> tuple[_Branch, _Branch] | None:
     """decoder_init and decoder_step as the two branches of one session (``merged``), or None
     when they cannot be merged (the caller then opens them one by one)."""
@@ -114,9 +114,21 @@ def _open_merged(
     model = merge_decoders(init, step)
     if model is None:
         return None
+    if prepack_dir is not None and not any(
+        v.name.startswith("past_key_values.") for v in step.graph.input
+    ):
+        # ORT 1.31 writes an optimized stacked-cache decoder that then fails in
+        # GroupQueryAttention (a buffer re-used at the past's shape): static layout only
+        logger.info("pre-packed weights need the static-kv-cache layout; packing at load")
+        prepack_dir = None
     try:
         merged = Component(
-            "decoder", step_path, options, providers, model=model.SerializeToString()
+            "decoder",
+            step_path,
+            options,
+            providers,
+            model=model.SerializeToString(),
+            prepack_dir=prepack_dir,
         )
     except BundleError as err:
         logger.info("cannot merge the decoders (%s); loading them one by one", err)
@@ -138,6 +150,9 @@ class AsrSession:
     and decoder_step run as the two branches of one ONNX Runtime session, built in memory at
     load (``qgraph.runtime.merged``): ORT pre-packs each weight once for both instead of once per
     session, one private copy of the decoder instead of two (``benchmarks/shared_memory.py``).
+    With ``prepack_dir``, the encoder and (static-kv-cache layout) the merged decoder load
+    their pre-packed weights memory-mapped from a per-machine cache there, written on the first
+    load (``qgraph.runtime.prepack``).
     """
 
     capacity: int | None = None
@@ -152,6 +167,7 @@ class AsrSession:
         optimization: str = "all",
         providers: list[str] | None = None,
         share_weights: bool = True,
+        prepack_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.config = read_config(self.bundle_dir)
@@ -168,6 +184,7 @@ class AsrSession:
             "fmax": float(mel.get("fmax", 8000.0)),
         }
         self.tokenizer = load_tokenizer(self.bundle_dir)
+        self.prepack_dir = Path(prepack_dir) if prepack_dir is not None else None
         self._open(threads, optimization, providers or ["CPUExecutionProvider"], share_weights)
         logger.info("loaded %s", self.bundle_dir)
 
@@ -180,8 +197,11 @@ class AsrSession:
         def options() -> Any:
             return session_options(threads, optimization)
 
-        self.encoder = Component("encoder", paths["encoder"], options(), providers)
-        merged = _open_merged(paths, options(), providers) if share_weights else None
+        prepack = self.prepack_dir
+        self.encoder = Component(
+            "encoder", paths["encoder"], options(), providers, prepack_dir=prepack
+        )
+        merged = _open_merged(paths, options(), providers, prepack) if share_weights else None
         if merged is None:
             self.decoder_init = Component(
                 "decoder_init", paths["decoder_init"], options(), providers

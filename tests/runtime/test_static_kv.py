@@ -123,3 +123,14 @@ def test_cli_batch(bundles, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[0] == lines[1] and lines[0].startswith(audio + "\t")
     assert main(["transcribe", str(bundles["default"]), audio, "--batch", "2"]) != 0
+
+
+def test_prepacked_weights_cache(bundles, tmp_path):
+    ref = AsrSession(bundles["static"]).transcribe(example_audio(), max_tokens=20).token_ids
+    for _ in range(2):  # the first load writes the cache, the second maps it
+        session = AsrSession(bundles["static"], prepack_dir=tmp_path)
+        assert session.transcribe(example_audio(), max_tokens=20).token_ids == ref
+    assert len([p for p in tmp_path.iterdir() if (p / "model.data").is_file()]) == 2
+    # the stacked layout's decoder packs at load (only its encoder is cached)
+    AsrSession(bundles["default"], prepack_dir=tmp_path / "stacked")
+    assert len(list((tmp_path / "stacked").iterdir())) == 1
