@@ -34,6 +34,9 @@ rank 2; a present output not stacked by Unsqueeze(0) + Concat(axis 0) into a gra
 by Gather(constant i, axis 0) from a stacked graph input; kv heads or head size not static;
 the stacked tensors used by anything else.
 Scope: the main graph of ``prefill`` and ``step`` components (``on=`` to change).
+``--verify-each`` compares exactly when the generated position ids continue the generated past:
+``--verify-dims past=0`` (the default past of 8 with positions from 0 is not a state the
+runtime produces).
 """
 
 from __future__ import annotations
