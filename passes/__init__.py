@@ -44,6 +44,7 @@ from qgraph.passes.remove_unused import RemoveUnused
 from qgraph.passes.shard_external_data import ShardExternalData
 from qgraph.passes.share_weights import ShareWeights
 from qgraph.passes.slice_init_logits import SliceInitLogits
+from qgraph.passes.static_kv_cache import StaticKvCache
 from qgraph.passes.strip_reshape_allowzero import StripReshapeAllowzero
 from qgraph.passes.to_fp16 import ToFp16
 from qgraph.passes.topological_sort import TopologicalSort
@@ -59,6 +60,7 @@ BUILTIN_PASSES = [
     ExtractEmbedFp16,
     InlineLmHead,
     SliceInitLogits,
+    StaticKvCache,
     ShareWeights,
     ShardExternalData,
     # precision

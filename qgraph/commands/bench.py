@@ -77,6 +77,13 @@ def add_parser(sub) -> None:
         "most runtimes do (default: one merged session, one pre-packed copy of the weights)",
     )
     p.add_argument(
+        "--prepack-dir",
+        type=Path,
+        metavar="DIR",
+        help="qwen3-asr: load pre-packed weights memory-mapped from a per-machine cache in DIR "
+        "(written on the first load; the decoder only in the static-kv-cache layout)",
+    )
+    p.add_argument(
         "--json",
         type=Path,
         metavar="FILE",
@@ -109,6 +116,7 @@ def run(args) -> int:
         threads=args.threads,
         audio=audio,
         share_weights=not args.separate_decoders,
+        prepack_dir=args.prepack_dir,
     )
 
     r = result
@@ -133,6 +141,13 @@ def run(args) -> int:
         f"memory          {r.rss_after_load_mb:.0f} MiB after load, {r.peak_rss_mb:.0f} MiB peak "
         f"({r.decoder_sessions} decoder session{'s' if r.decoder_sessions > 1 else ''})"
     )
+    if r.floor_ms is not None:
+        print(
+            f"step floor      {r.floor_ms:9.2f} ms = ({r.step_weight_mb:.1f} MiB weights + "
+            f"{r.step_cache_mb:.1f} MiB cache) / {r.bandwidth_gbs:.1f} GB/s read with "
+            f"{r.floor_threads} thread{'s' if r.floor_threads != 1 else ''}: step at "
+            f"{r.decoder_step_ms / r.floor_ms:.2f}x the floor"
+        )
     if args.json is not None:
         try:
             args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")

@@ -1,4 +1,6 @@
-"""``qgraph transcribe BUNDLE AUDIO``: transcribe one audio file with the reference runtime."""
+"""``qgraph transcribe BUNDLE AUDIO...``: transcribe audio files with the reference runtime;
+``--batch N`` decodes N files per step on a ``static-kv-cache`` bundle (``qgraph.runtime.batch``).
+"""
 
 from __future__ import annotations
 
@@ -21,14 +23,26 @@ def _positive_int(text: str) -> int:
 def add_parser(sub) -> None:
     p = sub.add_parser(
         NAME,
-        help="transcribe an audio file with a raw or compiled bundle",
+        help="transcribe audio files with a raw or compiled bundle",
         description="Run greedy decoding with ONNX Runtime on CPU and print the transcript. "
         "Any WAV/FLAC/OGG file is read, mixed to mono and resampled to 16 kHz. "
-        "AUDIO 'example' (when no file has that name) is the built-in speech clip.",
+        "AUDIO 'example' (when no file has that name) is the built-in speech clip. With several "
+        "files each gets one line 'FILE<TAB>TEXT' (--json: a list of objects).",
     )
     p.add_argument("bundle", type=Path, metavar="BUNDLE", help="bundle folder (raw or compiled)")
     p.add_argument(
-        "audio", metavar="AUDIO", help="audio file, or 'example' for the built-in speech clip"
+        "audio",
+        nargs="+",
+        metavar="AUDIO",
+        help="audio file(s), or 'example' for the built-in speech clip",
+    )
+    p.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="decode N files at once, each step serving all of them (needs a bundle compiled "
+        "with static-kv-cache; default: 1)",
     )
     p.add_argument(
         "--language",
@@ -77,7 +91,7 @@ def run(args) -> int:
 
     from qgraph.families import family_of
 
-    audio = _audio_path(args.audio)
+    audios = [_audio_path(a) for a in args.audio]
     family = family_of(args.bundle)
     session = family.session_class()(args.bundle, threads=args.threads)
     kwargs = {"max_tokens": args.max_tokens, "language": args.language}
@@ -85,9 +99,28 @@ def run(args) -> int:
         if "context" not in inspect.signature(session.transcribe).parameters:
             raise RuntimeInputError(f"--context does not apply to {family.name} bundles")
         kwargs["context"] = args.context
-    result = session.transcribe(audio, **kwargs)
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+    if args.batch > 1:
+        if getattr(session, "static_kv", None) is None:
+            raise RuntimeInputError(
+                "--batch needs a qwen3-asr bundle compiled with static-kv-cache "
+                "(qgraph compile IN -o OUT --passes static-kv-cache)"
+            )
+        from qgraph.runtime.batch import transcribe_many
+
+        results = transcribe_many(session, audios, batch_size=args.batch, **kwargs)
     else:
-        print(result.text)
+        results = [session.transcribe(a, **kwargs) for a in audios]
+    if len(results) == 1:
+        result = results[0]
+        if args.json:
+            print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        else:
+            print(result.text)
+        return 0
+    if args.json:
+        items = [{"audio": str(a), **r.to_dict()} for a, r in zip(audios, results, strict=True)]
+        print(json.dumps(items, indent=2, ensure_ascii=False))
+    else:
+        for a, r in zip(audios, results, strict=True):
+            print(f"{a}\t{r.text}")
     return 0

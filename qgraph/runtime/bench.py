@@ -11,7 +11,10 @@ measured rounds. Each round:
 
 Reported: per-component medians, the median end-to-end time, real-time factor (end to end /
 audio duration), decode speed (tokens/s at 100 past tokens and during the end-to-end run) and
-peak resident memory of the process.
+peak resident memory of the process. With ``floor`` (default) also the step's memory-bandwidth
+floor (``qgraph.runtime.floor``): the bytes a step reads (step weights, cache at
+``past_tokens``) over this machine's read bandwidth with the benchmark's thread count, measured
+after the rounds.
 
 One loop for every family, through the session protocol (``qgraph.runtime.session``): on the
 sherpa-onnx layout ``decoder_init`` is the prefill call of its one ``decoder`` graph and
@@ -27,7 +30,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +72,15 @@ class BenchResult:
     peak_rss_mb: float
     decoder_sessions: int = 1
     """ONNX Runtime sessions running the decoder graphs (1: merged or a single decoder graph)."""
+    step_weight_mb: float | None = None
+    """MiB of step weights read per token (``qgraph.runtime.floor.step_bytes``)."""
+    step_cache_mb: float | None = None
+    """MiB of past cache read per token at ``past_tokens``."""
+    bandwidth_gbs: float | None = None
+    """Measured read bandwidth (GB/s, 1e9 bytes) with ``floor_threads`` threads."""
+    floor_threads: int | None = None
+    floor_ms: float | None = None
+    """The step's bandwidth floor: (weights + cache) / bandwidth."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -150,6 +162,8 @@ def run_bench(
     threads: int | None = None,
     audio: np.ndarray | None = None,
     share_weights: bool = True,
+    floor: bool = True,
+    prepack_dir: str | os.PathLike[str] | None = None,
 ) -> BenchResult:
     """Benchmark ``bundle_dir`` with its family's session (any ``Session``); ``audio`` (16 kHz
     mono) overrides the built-in speech; ``share_weights=False`` opens a Qwen3-ASR bundle's
@@ -159,7 +173,8 @@ def run_bench(
     from qgraph.families import open_session
 
     start = time.perf_counter()
-    session = open_session(bundle_dir, threads=threads, share_weights=share_weights)
+    extra: dict[str, Any] = {"prepack_dir": prepack_dir} if prepack_dir is not None else {}
+    session = open_session(bundle_dir, threads=threads, share_weights=share_weights, **extra)
     load_s = time.perf_counter() - start
     rss_after_load = rss_bytes()
     samples = audio if audio is not None else bench_audio(audio_seconds, session.sample_rate)
@@ -192,7 +207,7 @@ def run_bench(
             rounds.append((timings, fixed))
             logger.debug("bench round %d: %.3f s end to end", round_index, timings.total_s)
 
-    return BenchResult.from_rounds(
+    result = BenchResult.from_rounds(
         rounds,
         rss_after_load=rss_after_load,
         bundle=str(bundle_dir),
@@ -207,3 +222,29 @@ def run_bench(
         load_s=load_s,
         decoder_sessions=session.decoder_sessions,
     )
+    if not floor:
+        return result
+    # after the peak RSS is taken: the bandwidth probe allocates its own buffer
+    return replace(result, **_floor(session, bundle_dir, past_tokens, threads))
+
+
+def _floor(session: Any, bundle_dir: Any, past_tokens: int, threads: int | None) -> dict:
+    """The floor fields of ``BenchResult`` for the session's step graph ({} if none)."""
+    from qgraph.families import DECODER, MERGED_DECODER, STEP, family_of
+    from qgraph.runtime.floor import floor_ms, read_bandwidth, step_bytes
+
+    roles = family_of(bundle_dir).components
+    by_role = {roles.get(c.name): c for c in session.components()}
+    step = next((by_role[r] for r in (STEP, MERGED_DECODER, DECODER) if r in by_role), None)
+    if step is None:
+        return {}
+    read = step_bytes(step.path, past_tokens)
+    n = threads or os.cpu_count() or 1
+    bandwidth = read_bandwidth(n)["best"]
+    return {
+        "step_weight_mb": read.weights / 2**20,
+        "step_cache_mb": read.cache / 2**20,
+        "bandwidth_gbs": bandwidth / 1e9,
+        "floor_threads": n,
+        "floor_ms": floor_ms(read, bandwidth),
+    }

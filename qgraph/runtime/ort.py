@@ -34,21 +34,39 @@ class Component:
     observer: Callable[[str, Mapping[str, np.ndarray]], None] | None = None
 
     def __init__(
-        self, name: str, path: Path, options: Any, providers: list[str], model: bytes | None = None
+        self,
+        name: str,
+        path: Path,
+        options: Any,
+        providers: list[str],
+        model: bytes | None = None,
+        prepack_dir: Path | None = None,
     ) -> None:
-        """Load ``path``, or the serialised ``model`` (its external data beside ``path``)."""
+        """Load ``path``, or the serialised ``model`` (its external data beside ``path``);
+        with ``prepack_dir``, through the cache of pre-packed weights there
+        (``qgraph.runtime.prepack``)."""
         import onnxruntime as ort
 
         self.name = name
         self.path = path
-        if model is not None:
-            options.add_session_config_entry(
-                "session.model_external_initializers_file_folder_path", str(path.parent)
-            )
         try:
-            self.session = ort.InferenceSession(
-                model if model is not None else str(path), sess_options=options, providers=providers
-            )
+            if prepack_dir is not None:
+                from qgraph.runtime.prepack import prepacked_session
+
+                graph = model if model is not None else path.read_bytes()
+                self.session = prepacked_session(
+                    graph, path.parent, options, providers, prepack_dir
+                )
+            else:
+                if model is not None:
+                    options.add_session_config_entry(
+                        "session.model_external_initializers_file_folder_path", str(path.parent)
+                    )
+                self.session = ort.InferenceSession(
+                    model if model is not None else str(path),
+                    sess_options=options,
+                    providers=providers,
+                )
         except Exception as err:  # ORT raises its own Fail/InvalidGraph/... types
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise BundleError(f"{path}: ONNX Runtime cannot load {name} ({first[:300]})") from None

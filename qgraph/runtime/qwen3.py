@@ -14,6 +14,11 @@ Component I/O is read from each ONNX session, so both bundle forms work:
   ``embed_tokens.bin``), ``position_ids`` [B, 1], ``past_keys`` / ``past_values`` -> ``logits``
   [B, 1, V], ``present_keys`` / ``present_values``.
 
+A bundle compiled with ``static-kv-cache`` has per-layer caches instead
+(``past_key_values.{i}.key/value`` in both decoders, ``present.{i}.key/value`` out): they run
+through ``qgraph.runtime.static_kv.StaticKvCache`` (buffers bound once with I/O binding, updated
+in place), and the cache object stands in for the (keys, values) pair below.
+
 Inputs are cast to the element types the sessions declare (e.g. a float16 KV cache).
 """
 
@@ -50,6 +55,7 @@ from qgraph.runtime.prompt import (
     split_language_prefix,
 )
 from qgraph.runtime.session import Prompt, Timings, Transcript
+from qgraph.runtime.static_kv import PAST, PRESENT, StaticKvCache, is_static
 
 __all__ = ["AsrSession", "Timings", "Transcript", "default_max_tokens", "transcribe"]
 
@@ -83,12 +89,17 @@ class _Branch(Component):
                 shape = [d if isinstance(d, int) else 0 for d in merged.input_shapes[other]]
                 self._fill[other] = np.zeros(shape, dtype=dtype)
 
+    @property
+    def fill(self) -> Mapping[str, np.ndarray]:
+        """The inputs this branch adds to its own: the branch flag and the other branch's."""
+        return self._fill
+
     def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self._merged._run({**self._fill, **feeds})
 
 
 def _open_merged(
-    paths: dict[str, Path], options: Any, providers: list[str]
+    paths: dict[str, Path], options: Any, providers: list[str], prepack_dir: Path | None = None
 ) -> tuple[_Branch, _Branch] | None:
     """decoder_init and decoder_step as the two branches of one session (``merged``), or None
     when they cannot be merged (the caller then opens them one by one)."""
@@ -103,9 +114,21 @@ def _open_merged(
     model = merge_decoders(init, step)
     if model is None:
         return None
+    if prepack_dir is not None and not any(
+        v.name.startswith("past_key_values.") for v in step.graph.input
+    ):
+        # ORT 1.31 writes an optimized stacked-cache decoder that then fails in
+        # GroupQueryAttention (a buffer re-used at the past's shape): static layout only
+        logger.info("pre-packed weights need the static-kv-cache layout; packing at load")
+        prepack_dir = None
     try:
         merged = Component(
-            "decoder", step_path, options, providers, model=model.SerializeToString()
+            "decoder",
+            step_path,
+            options,
+            providers,
+            model=model.SerializeToString(),
+            prepack_dir=prepack_dir,
         )
     except BundleError as err:
         logger.info("cannot merge the decoders (%s); loading them one by one", err)
@@ -127,6 +150,9 @@ class AsrSession:
     and decoder_step run as the two branches of one ONNX Runtime session, built in memory at
     load (``qgraph.runtime.merged``): ORT pre-packs each weight once for both instead of once per
     session, one private copy of the decoder instead of two (``benchmarks/shared_memory.py``).
+    With ``prepack_dir``, the encoder and (static-kv-cache layout) the merged decoder load
+    their pre-packed weights memory-mapped from a per-machine cache there, written on the first
+    load (``qgraph.runtime.prepack``).
     """
 
     capacity: int | None = None
@@ -141,6 +167,7 @@ class AsrSession:
         optimization: str = "all",
         providers: list[str] | None = None,
         share_weights: bool = True,
+        prepack_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.config = read_config(self.bundle_dir)
@@ -157,6 +184,7 @@ class AsrSession:
             "fmax": float(mel.get("fmax", 8000.0)),
         }
         self.tokenizer = load_tokenizer(self.bundle_dir)
+        self.prepack_dir = Path(prepack_dir) if prepack_dir is not None else None
         self._open(threads, optimization, providers or ["CPUExecutionProvider"], share_weights)
         logger.info("loaded %s", self.bundle_dir)
 
@@ -169,8 +197,11 @@ class AsrSession:
         def options() -> Any:
             return session_options(threads, optimization)
 
-        self.encoder = Component("encoder", paths["encoder"], options(), providers)
-        merged = _open_merged(paths, options(), providers) if share_weights else None
+        prepack = self.prepack_dir
+        self.encoder = Component(
+            "encoder", paths["encoder"], options(), providers, prepack_dir=prepack
+        )
+        merged = _open_merged(paths, options(), providers, prepack) if share_weights else None
         if merged is None:
             self.decoder_init = Component(
                 "decoder_init", paths["decoder_init"], options(), providers
@@ -185,18 +216,27 @@ class AsrSession:
         if len(self.encoder.input_types) != 1:
             raise BundleError(f"{self.encoder.path}: encoder must take exactly one input (mel)")
         self._mel_input = next(iter(self.encoder.input_types))
-        kv = {"present_keys", "present_values"}
-        self.decoder_init.require(
-            {"input_ids", "position_ids", "audio_features", "audio_offset"}, {"logits", *kv}
-        )
         self.step_takes_embeds = "input_embeds" in self.decoder_step.input_types
         token_input = "input_embeds" if self.step_takes_embeds else "input_ids"
-        self.decoder_step.require(
-            {token_input, "position_ids", "past_keys", "past_values"}, {"logits", *kv}
-        )
+        static = is_static(self.decoder_step)
+        if static:
+            layers = sum(n.startswith("past_key_values.") for n in self.decoder_step.input_types)
+            names = [(i, k) for i in range(layers // 2) for k in ("key", "value")]
+            past = {PAST.format(i=i, kind=k) for i, k in names}
+            kv = {PRESENT.format(i=i, kind=k) for i, k in names}
+        else:
+            past, kv = {"past_keys", "past_values"}, {"present_keys", "present_values"}
+        prefill_inputs = {"input_ids", "position_ids", "audio_features", "audio_offset"}
+        self.decoder_init.require(prefill_inputs | (past if static else set()), {"logits", *kv})
+        self.decoder_step.require({token_input, "position_ids", *past}, {"logits", *kv})
         self.embed_table = (
             EmbedTable.from_bundle(self.bundle_dir, self.config) if self.step_takes_embeds else None
         )
+        self.static_kv = (
+            StaticKvCache(self.decoder_init, self.decoder_step, token_input) if static else None
+        )
+        if self.static_kv is not None:
+            self.capacity = self.static_kv.fixed
 
     # -- phases ---------------------------------------------------------------------------------
     def read_audio(self, audio: np.ndarray | str | os.PathLike[str]) -> np.ndarray:
@@ -229,20 +269,30 @@ class AsrSession:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run ``decoder_init``: (last-position logits ``[V]``, present keys, present values)."""
         seq = len(prompt_ids)
-        out = self.decoder_init.run(
-            {
-                "input_ids": np.asarray([prompt_ids], dtype=np.int64),
-                "position_ids": np.arange(seq, dtype=np.int64)[None],
-                "audio_features": audio_features,
-                "audio_offset": np.asarray([audio_offset], dtype=np.int64),
-            }
-        )
+        feeds = {
+            "input_ids": np.asarray([prompt_ids], dtype=np.int64),
+            "position_ids": np.arange(seq, dtype=np.int64)[None],
+            "audio_features": audio_features,
+            "audio_offset": np.asarray([audio_offset], dtype=np.int64),
+        }
+        if self.static_kv is not None:
+            logits = self.static_kv.prefill(feeds)
+            return logits[0, -1], self.static_kv, self.static_kv
+        out = self.decoder_init.run(feeds)
         return out["logits"][0, -1], out["present_keys"], out["present_values"]
 
     def step(
         self, token_id: int, position: int, past_keys: np.ndarray, past_values: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run ``decoder_step`` for one token: (logits ``[V]``, present keys, present values)."""
+        if self.static_kv is not None:
+            token = (
+                self.embed_table.lookup(np.asarray([[token_id]]))
+                if self.embed_table is not None
+                else np.asarray([[token_id]])
+            )
+            logits = self.static_kv.step(token, np.asarray([[position]]))
+            return logits[0, -1].copy(), past_keys, past_values
         feeds: dict[str, np.ndarray] = {
             "position_ids": np.asarray([[position]], dtype=np.int64),
             "past_keys": past_keys,
@@ -257,6 +307,9 @@ class AsrSession:
 
     def random_past(self, past_tokens: int, seed: int = 0) -> tuple[Any, Any]:
         """A random KV cache of ``past_tokens`` positions, as ``step`` takes it (benchmarks)."""
+        if self.static_kv is not None:
+            self.static_kv.fill_random(past_tokens, seed)
+            return self.static_kv, self.static_kv
         layers, _, heads, _, head_dim = self.decoder_step.input_shapes["past_keys"]
         shape = (layers, 1, heads, past_tokens, head_dim)
         rng = np.random.default_rng(seed)
@@ -278,6 +331,8 @@ class AsrSession:
         if max_tokens < 1:
             raise RuntimeInputError(f"max_tokens must be >= 1, got {max_tokens}")
         timings = timings if timings is not None else Timings()
+        if self.static_kv is not None and self.static_kv.fixed is None:
+            self.static_kv.reserve(len(prompt_ids) + max_tokens)
         start = time.perf_counter()
         logits, keys, values = self.prefill(prompt_ids, audio_features, audio_offset)
         token = int(np.argmax(logits))
