@@ -158,6 +158,8 @@ class AsrSession:
     capacity: int | None = None
     """Positions the KV cache holds (prompt + generated tokens); None: unbounded."""
     max_samples: int | None = None
+    static_kv: StaticKvCache | None = None
+    """The bound per-layer caches of a ``static-kv-cache`` bundle (None: stacked caches)."""
 
     def __init__(
         self,
