@@ -8,6 +8,7 @@ from pathlib import Path
 
 from qgraph.bundle import Bundle
 from qgraph.commands import add_pass_module_option
+from qgraph.commands._accuracy import add_accuracy_options, save_checked_from_args
 from qgraph.errors import PipelineError
 from qgraph.instruments.diff import human_bytes
 from qgraph.manager import Instruments, PassRecord, run_pipeline
@@ -88,6 +89,7 @@ def add_parser(sub) -> None:
         help="run only the first N pass executions (to find the pass that breaks a model)",
     )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    add_accuracy_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors and the result")
     p.set_defaults(run=run)
 
@@ -140,7 +142,10 @@ def run(args) -> int:
         print_timing(result.records)
     if args.stats:
         print_stats(result.records)
-    path = bundle.save(args.output, overwrite=args.force)
+    if args.check_accuracy is None:
+        path = bundle.save(args.output, overwrite=args.force)
+    else:
+        path = save_checked_from_args(bundle, args)
     size = sum(f["bytes"] for f in bundle.manifest["files"].values())
     print(f"wrote {path} ({len(bundle.components)} components, {human_bytes(size)})", file=out)
     return 0
