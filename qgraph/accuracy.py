@@ -11,8 +11,9 @@ measures, per clip and pooled:
   the matching prefix over the longer sequence, pooled over clips (sum of prefixes / sum of
   lengths). A **loop** is a clip that the reference ends with end-of-text and the candidate does
   not within ``4 * len(reference) + 16`` tokens (at most ``max_tokens``; repetition);
-- **teacher-forced logits**: the candidate is run on the reference's own tokens (one prefill per
-  position, so every family and layout works, last-position logits included) and its logits are
+- **teacher-forced logits**: the candidate is run on the reference's own tokens (up to the first
+  divergence its own greedy decode already did that; after it one prefill per position, so every
+  family and layout works, last-position logits included) and its logits are
   compared with those the reference produced while decoding (captured with
   ``qgraph.runtime.session.observe``): mean KL(reference || candidate) in nats per token over the
   full vocabulary, and top-1 agreement;
@@ -330,15 +331,16 @@ def _decode(session: Any, samples: np.ndarray, language: str | None, max_tokens:
 
 
 def _teacher_forced(
-    session: Any, features: Any, prompt: Any, tokens: list[int]
+    session: Any, features: Any, prompt: Any, tokens: list[int], own: list[np.ndarray], start: int
 ) -> list[np.ndarray]:
-    """The candidate's logits for every position of ``tokens`` (one prefill each)."""
+    """The candidate's logits for every position of ``tokens``: its own greedy rows ``own`` up to
+    ``start`` (up to the first divergence the prefixes are the same), then one prefill each."""
     from qgraph.runtime.session import Prompt, observe
 
-    rows: list[np.ndarray] = []
+    rows: list[np.ndarray] = list(own[:start])
     observe(session, _last_logits(rows))
     try:
-        for i in range(len(tokens)):
+        for i in range(start, len(tokens)):
             session.greedy(features, Prompt([*prompt.ids, *tokens[:i]], prompt.offset), 1)
     finally:
         observe(session, None)
@@ -363,8 +365,12 @@ def compare(
     language: str | None = None,
     threads: int | None = None,
     on_clip: Callable[[ClipResult], None] | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> AccuracyReport:
     """Decode ``audio`` (None: the built-in speech) with both bundles and measure the loss.
+
+    ``cache``: a dict kept by the caller across calls with the same reference, audio and
+    options; the reference's decodes are stored there and reused (candidate sweeps).
 
     ``max_tokens`` caps both greedy decodes; the candidate gets at most
     ``4 * len(reference tokens) + 16`` (more is a loop).
@@ -372,6 +378,7 @@ def compare(
     from qgraph.families import open_session
     from qgraph.runtime.eval import score
 
+    cache = {} if cache is None else cache
     try:
         ref = open_session(reference, threads=threads)
         cand = open_session(candidate, threads=threads)
@@ -380,14 +387,18 @@ def compare(
     clips = load_clips(audio, ref.sample_rate, max_files)
     report = AccuracyReport(str(reference), str(candidate), str(audio or "built-in"), budget)
     for clip in clips:
-        features, prompt, ref_tokens, ref_finish, ref_rows = _decode(
-            ref, clip.samples, language, max_tokens
-        )
-        cand_features = cand.encode(cand.features(_window(cand, clip.samples)))
-        cand_prompt = cand.prompt_for(cand_features, language)
+        if clip.id not in cache:
+            _, _, *decoded = _decode(ref, clip.samples, language, max_tokens)
+            transcript = ref.transcribe(clip.samples, language=language) if clip.text else None
+            cache[clip.id] = (*decoded, transcript)
+        ref_tokens, ref_finish, ref_rows, r = cache[clip.id]
         budget_tokens = min(4 * len(ref_tokens) + 16, max_tokens)
-        tokens, finish = cand.greedy(cand_features, cand_prompt, budget_tokens)
-        forced = _teacher_forced(cand, cand_features, cand_prompt, ref_tokens)
+        cand_features, cand_prompt, tokens, finish, own = _decode(
+            cand, clip.samples, language, budget_tokens
+        )
+        divergence = _first_divergence(ref_tokens, tokens)
+        start = len(ref_tokens) if divergence is None else min(divergence + 1, len(own))
+        forced = _teacher_forced(cand, cand_features, cand_prompt, ref_tokens, own, start)
         kls = [_kl(p, q) for p, q in zip(ref_rows, forced, strict=True)]
         top1 = [int(np.argmax(p) == np.argmax(q)) for p, q in zip(ref_rows, forced, strict=True)]
         result = ClipResult(
@@ -397,13 +408,11 @@ def compare(
             tokens,
             ref_finish,
             finish,
-            _first_divergence(ref_tokens, tokens),
+            divergence,
             float(np.mean(kls)) if kls else 0.0,
             float(np.mean(top1)) if top1 else 1.0,
         )
-        del features, prompt
         if clip.text:
-            r = ref.transcribe(clip.samples, language=language)
             c = cand.transcribe(clip.samples, language=language)
             words, *ref_errors = score(clip.text, r.text)
             result.words, result.reference_errors = words, sum(ref_errors)

@@ -75,7 +75,9 @@ class Family:
     that has no manifest family: ``{"config.json:model_type": "whisper"}`` (a JSON file, a
     dotted key, the value it must hold). A folder that holds every component of ``components``
     matches too. ``session``, ``exporter`` and ``validate`` are ``"module:attribute"`` strings;
-    ``export_as`` is ``(name, layout)`` on ``qgraph export NAME --layout LAYOUT``.
+    ``export_as`` is ``(name, layout)`` on ``qgraph export NAME --layout LAYOUT``;
+    ``pipelines`` replaces named pipelines for this family (``qgraph pipeline show NAME`` lists
+    them).
     """
 
     name: str
@@ -86,6 +88,9 @@ class Family:
     exporter: str = ""
     validate: str = ""
     export_as: tuple[str, str] | None = None
+    pipelines: Mapping[str, str] = field(default_factory=dict)
+    """Named pipelines this family replaces (``name -> pipeline text``): ``qgraph compile``
+    expands e.g. ``default`` to the family's recipe, validated on its real weights."""
 
     def role(self, component: str, model: ir.Model | None = None) -> str:
         """The role of ``component`` (its declared one, else guessed from ``model``'s I/O)."""

@@ -10,6 +10,7 @@ from qgraph.bundle import Bundle
 from qgraph.commands import add_pass_module_option
 from qgraph.commands._accuracy import add_accuracy_options, save_checked_from_args
 from qgraph.errors import PipelineError
+from qgraph.families import family_of
 from qgraph.instruments.diff import human_bytes
 from qgraph.manager import Instruments, PassRecord, run_pipeline
 from qgraph.pipeline import expand, flatten, to_text
@@ -106,7 +107,8 @@ def parse_dims(text: str) -> dict[str, int]:
 
 def run(args) -> int:
     registry = registry_with(args.pass_module)
-    steps = expand(args.passes, registry, what="--passes")
+    family = family_of(args.input).name  # a family may give 'default' its own recipe
+    steps = expand(args.passes, registry, what="--passes", family=family)
     if args.bisect_limit is not None and args.bisect_limit < 0:
         raise PipelineError("--bisect-limit must be 0 or more")
     bundle = Bundle.load(args.input)
