@@ -35,56 +35,13 @@ from typing import Any
 from whisper_speech import RESULTS, WORK, prepare, qgraph
 
 log = logging.getLogger("sensitivity")
-_LAYER = re.compile(r"layers\.(\d+)\.(\w+)")
 
 
 def groups(bundle_dir: Path) -> dict[str, list[str]]:
-    """``group name -> node names`` of the decoder MatMuls with a constant weight, and the
-    ``lm_head`` role; the node names are the override patterns."""
     from qgraph.bundle import Bundle
-    from qgraph.passes._roles import DECODER_ROLES, graph_role, module_scopes, refusal
+    from qgraph.passes._groups import decoder_groups
 
-    bundle = Bundle.load(bundle_dir)
-    out: dict[str, list[str]] = {}
-    for name, model in bundle.components.items():
-        role = bundle.roles().get(name, "")
-        if role in ("encoder", "frontend"):
-            continue
-        fallback = graph_role(model.graph)
-        for node in model.graph.all_nodes():
-            if node.op_type != "MatMul" or not node.name:
-                continue
-            if refusal(node, node.inputs[1], DECODER_ROLES, (), fallback=fallback):
-                continue
-            out.setdefault(_group(module_scopes(node), node.inputs[1].name or ""), []).append(
-                node.name
-            )
-    out.pop("lm_head", None)
-    return {**dict(sorted(out.items(), key=lambda kv: _order(kv[0]))), "lm_head": ["lm_head"]}
-
-
-def _group(scopes: list[str], weight: str) -> str:
-    if "lm_head" in weight or any(s.endswith(("lm_head", "proj_out")) for s in scopes):
-        return "lm_head"
-    found = {_LAYER.search(s).groups() for s in scopes if _LAYER.search(s)}
-    if not found:
-        return "other"
-    layers = {int(i) for i, _ in found}
-    kind = {k for _, k in found}
-    if kind == {"encoder_attn"}:
-        if len(layers) > 1:
-            return "cross-attn k/v (all layers)"
-        kind_name = "cross-attn"
-    elif kind <= {"self_attn"}:
-        kind_name = "self-attn"
-    else:
-        kind_name = "mlp"
-    return f"L{min(layers)} {kind_name}"
-
-
-def _order(name: str) -> tuple:
-    m = re.match(r"L(\d+) (.*)", name)
-    return (0, int(m.group(1)), m.group(2)) if m else (1, 0, name)
+    return decoder_groups(Bundle.load(bundle_dir))
 
 
 _CACHE: dict[str, Any] = {}

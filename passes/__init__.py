@@ -4,6 +4,7 @@ Each module holds one rewrite; its docstring is its spec. ``BUILTIN_PASSES`` lis
 classes, ``BUILTIN_PIPELINES`` the named pipelines (``name: (text, summary)``).
 """
 
+from qgraph.passes.auto_quantize import AutoQuantize
 from qgraph.passes.awq_smooth import AwqSmooth
 from qgraph.passes.cse import CommonSubexpressionElimination
 from qgraph.passes.extract_embed_fp16 import ExtractEmbedFp16
@@ -59,6 +60,7 @@ BUILTIN_PASSES = [
     # quantization (after fusions)
     AwqSmooth,
     QuantizeMatMulNBits,
+    AutoQuantize,
     QuantizeInt8,
 ]
 
