@@ -92,9 +92,10 @@ BUILTIN_PIPELINES = {
     ),
     "default": (
         f"hygiene,fusions,extract-embed-fp16,{_UNTIE},quantize-int4,{_SHARE}",
-        "the release: fused graphs, int4 (MatMulNBits, block 64, asymmetric, accuracy level 4) "
-        "decoders incl. lm_head, FP32 encoder, FP16 embed_tokens.bin, one shared decoder data "
-        "file",
+        "the release for Qwen3-ASR (and any family without its own recipe): fused graphs, int4 "
+        "(MatMulNBits, block 64, asymmetric, accuracy level 4) decoders incl. lm_head, FP32 "
+        "encoder, FP16 embed_tokens.bin, one shared decoder data file; Whisper gets its own "
+        "(qgraph.families.WHISPER_DEFAULT: an 8-bit decoder, measured on tiny.en)",
     ),
     "small": (
         "default,quantize-int8{roles=[encoder]},remove-unused",

@@ -66,5 +66,6 @@ def run(args) -> int:
         for family in families().values():
             own = expand(parse(args.spec, "pipeline"), registry, family=family.name)
             if to_text(own) != to_text(steps):
-                print(f"for family {family.name} (its own recipe): {to_text(own)}")
+                text = family.pipelines.get(args.spec) or to_text(own)
+                print(f"for family {family.name} (its own recipe): {text}")
     return 0
