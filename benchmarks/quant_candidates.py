@@ -49,6 +49,11 @@ CANDIDATES: dict[str, str] = {
     "AWQ + int4 b32 + lm_head int8": f"{LAYOUT},awq-smooth{{search=true,block_size=32,audio=CAL}},"
     "quantize-int4{block_size=32,overrides=[lm_head:8]}",
     "int8 (MatMulNBits)": f"{LAYOUT},quantize-int4{{bits=8,block_size=32}}",
+    "default (whisper recipe: int8 b64)": "default",
+    "int4 b32 + lm_head, L0, L2 mlp int8": f"{LAYOUT},quantize-int4{{block_size=32,"
+    "overrides=[lm_head:8,*.layers.0.*:8,*.layers.2.fc*:8]}",
+    "auto-quantize (budget 0.5, calibration audio)": f"{LAYOUT},"
+    "auto-quantize{budget=0.5,audio=CAL,max_files=12}",
 }
 
 
@@ -126,8 +131,7 @@ def main() -> None:
     log.setLevel(logging.INFO)
     raw, data, calibration = prepare(args.work, extra=True)
     out_json = RESULTS / "quant_candidates.json"
-    old = json.loads(out_json.read_text())["rows"] if out_json.exists() else []
-    rows = {r["candidate"]: r for r in old}
+    rows: dict[str, Any] = {}
     names = ["fp32", *(n for n in args.candidates.split(";") if n != "fp32")]
     reference = args.work / "cand-fp32"
     import onnxruntime
@@ -145,8 +149,9 @@ def main() -> None:
             log.info("compiled %s in %.0f s", name, time.perf_counter() - start)
         row = measure(name, bundle, reference, data)
         row["pipeline"] = CANDIDATES[name]
-        rows[name] = row
         log.info("%s: WER %+.2f pp, %.1f MB", name, row["wer_delta_pp"], row["decoder_mb"])
+        old = json.loads(out_json.read_text())["rows"] if out_json.exists() else []
+        rows = {**{r["candidate"]: r for r in old}, name: row}  # other runs' rows are kept
         ordered = [rows[n] for n in CANDIDATES if n in rows]
         RESULTS.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps({**meta, "rows": ordered}, indent=2) + "\n")
