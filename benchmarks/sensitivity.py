@@ -86,7 +86,7 @@ def svg(rows: list[dict[str, Any]], title: str) -> str:
         parts += [
             f'<text x="{left - 6}" y="{y + 13}" text-anchor="end">{r["group"]}</text>',
             f'<rect x="{left}" y="{y + 2}" width="{w:.1f}" height="{bar_h - 4}" fill="{color}"/>',
-            f'<text x="{left + w + 4:.1f}" y="{y + 13}">{r["kl"]:.4f}</text>',
+            f'<text x="{left + w + 4:.1f}" y="{y + 13}">{r["kl"]:.3g}</text>',
         ]
     label = "teacher-forced KL(fp32 || candidate), nats/token"
     parts.append(f'<text x="{left}" y="{height - 12}">{label}</text>')
@@ -99,7 +99,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         meta["setup"],
         "",
-        "| group | MatMuls | KL nats/token | KL - baseline | top-1 % | agreement % | ΔWER pp "
+        "| group | patterns | KL nats/token | KL - baseline | top-1 % | agreement % | ΔWER pp "
         "| loops |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -107,7 +107,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     for r in rows:
         wer = "-" if r["wer_delta_pp"] is None else f"{r['wer_delta_pp']:+.2f}"
         lines.append(
-            f"| {r['group']} | {r['nodes']} | {r['kl']:.4f} | {r['kl'] - base:+.4f} | "
+            f"| {r['group']} | {r['nodes']} | {r['kl']:.3g} | {r['kl'] - base:+.3g} | "
             f"{100 * r['top1']:.1f} | {100 * r['agreement']:.1f} | {wer} | {len(r['loops'])} |"
         )
     ranked = sorted(rows[1:], key=lambda r: -r["kl"])
