@@ -129,17 +129,19 @@ class Family:
 
 
 WHISPER_DEFAULT = (
-    "hygiene,fusions,inline-lm-head,quantize-int4{bits=8},remove-unused,topological-sort"
+    "hygiene,fusions,inline-lm-head,quantize-int4{bits=8,block_size=32},remove-unused,"
+    "topological-sort"
 )
 """Whisper's ``default``: every decoder MatMul and the tied embedding (GatherBlockQuantized) at 8
-bits (MatMulNBits, block 64), FP32 encoder. Measured on tiny.en (real weights,
-``benchmarks/results/quant_candidates.md``: 30 eval sentences): the WER of fp32, no loops; the
-tied embedding is most of the decoder, so 8 bits still leave it at about a third of fp32's size.
-The Qwen3-ASR recipe (int4 block 64 everywhere) costs +10.6 pp there, and int4 mixes (block 32,
-lm_head and cross-attention at 8 bits: -0.8 pp on those sentences, +5.3 pp on the six test clips)
-save 5 MB more but flip words on this uncertain, synthetic speech. The Qwen3 layout passes
-(embedding extraction, last-position prefill logits, shared decoder data) have nothing to do in
-Whisper's merged decoder and are left out."""
+bits (MatMulNBits, block 32), FP32 encoder. Measured on tiny.en (real weights, 30 eval sentences,
+245 words, ``benchmarks/results/quant_candidates.md``): WER +0.00 pp against fp32, no loops,
+decoder 39.3 MB = 33 % of fp32's (the tied embedding is most of the decoder, so 8 bits still
+leave it small); block 64 measures +0.41 pp at 30 %. The Qwen3-ASR recipe (int4 block 64
+everywhere) costs +10.6 pp there, and the best int4 mix (block 32, lm_head and cross-attention at
+8 bits: -0.8 pp on those sentences but +5.3 pp on the six test clips) saves 3 MB more but flips
+words on this uncertain, synthetic speech. The Qwen3 layout passes (embedding extraction,
+last-position prefill logits, shared decoder data) have nothing to do in Whisper's merged
+decoder and are left out."""
 
 
 # -- the table of built-in families -------------------------------------------------------------

@@ -126,7 +126,7 @@ def test_whisper_gets_its_own_default(capsys) -> None:
     assert get_family("whisper").pipelines["default"] == WHISPER_DEFAULT
     whisper = to_text(expand("default", reg, family="whisper"))
     assert whisper == to_text(expand(WHISPER_DEFAULT, reg))
-    assert "quantize-int4{bits=8}" in whisper
+    assert "quantize-int4{bits=8,block_size=32}" in whisper
     assert "extract-embed-fp16" not in whisper and "share-weights" not in whisper
     # nested uses follow, other families keep the registry's text
     assert to_text(expand("small", reg, family="whisper")).startswith(whisper)
