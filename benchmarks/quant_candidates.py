@@ -48,8 +48,8 @@ CANDIDATES: dict[str, str] = {
     "AWQ + int4 b64": f"{LAYOUT},awq-smooth{{search=true,audio=CAL}},quantize-int4",
     "AWQ + int4 b32 + lm_head int8": f"{LAYOUT},awq-smooth{{search=true,block_size=32,audio=CAL}},"
     "quantize-int4{block_size=32,overrides=[lm_head:8]}",
-    "int8 (MatMulNBits)": f"{LAYOUT},quantize-int4{{bits=8,block_size=32}}",
-    "default (whisper recipe: int8 b64)": "default",
+    "int8 b32 = whisper default": "default",
+    "int8 b64": f"{LAYOUT},quantize-int4{{bits=8}}",
     "int4 b32 + lm_head, L0, L2 mlp int8": f"{LAYOUT},quantize-int4{{block_size=32,"
     "overrides=[lm_head:8,*.layers.0.*:8,*.layers.2.fc*:8]}",
     "auto-quantize (budget 0.5, calibration audio)": f"{LAYOUT},"
