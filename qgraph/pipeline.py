@@ -171,17 +171,25 @@ def parse(text: str, what: str = "pipeline") -> Pipeline:
 
 
 def expand(
-    pipeline: Pipeline | str, registry, *, what: str = "pipeline", _stack: tuple[str, ...] = ()
+    pipeline: Pipeline | str,
+    registry,
+    *,
+    what: str = "pipeline",
+    family: str | None = None,
+    _stack: tuple[str, ...] = (),
 ) -> list[Step]:
-    """Resolve names to pass instances (named pipelines recursively) and check ordering."""
+    """Resolve names to pass instances (named pipelines recursively) and check ordering.
+
+    ``family`` (a ``qgraph.families`` name): a named pipeline the family overrides
+    (``Family.pipelines``, e.g. Whisper's ``default``) expands to the family's text instead.
+    """
     if isinstance(pipeline, str):
         pipeline = parse(pipeline, what)
     steps: list[Step] = []
     for item in pipeline.items:
         if isinstance(item, Repeat):
-            steps.append(
-                RepeatGroup(item.count, expand(item.body, registry, what=what, _stack=_stack))
-            )
+            body = expand(item.body, registry, what=what, family=family, _stack=_stack)
+            steps.append(RepeatGroup(item.count, body))
             continue
         if item.name in registry.pipelines:
             if item.options:
@@ -191,10 +199,10 @@ def expand(
                 )
             if item.name in _stack:
                 raise PipelineError(f"named pipeline '{item.name}' includes itself")
-            inner = registry.pipelines[item.name].text
-            steps.extend(
-                expand(inner, registry, what=f"pipeline '{item.name}'", _stack=(*_stack, item.name))
-            )
+            inner = family_pipeline(family, item.name) or registry.pipelines[item.name].text
+            where = f"pipeline '{item.name}'" + (f" for {family}" if family else "")
+            stack = (*_stack, item.name)
+            steps.extend(expand(inner, registry, what=where, family=family, _stack=stack))
             continue
         cls = registry.passes.get(item.name)
         if cls is None:
@@ -206,6 +214,15 @@ def expand(
     if not _stack:
         check_order(steps)
     return steps
+
+
+def family_pipeline(family: str | None, name: str) -> str | None:
+    """The text ``family`` gives the named pipeline ``name`` (None: the registry's)."""
+    if not family:
+        return None
+    from qgraph.families import get_family
+
+    return get_family(family).pipelines.get(name)
 
 
 def flatten(steps: list[Step]) -> list[QPass]:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from qgraph.bundle import Bundle, check_output
 from qgraph.commands import add_pass_module_option
+from qgraph.commands._accuracy import add_accuracy_options, save_checked_from_args
 from qgraph.errors import PipelineError
+from qgraph.families import family_of
 from qgraph.instruments.diff import human_bytes
 from qgraph.instruments.report import HtmlReport
 from qgraph.manager import Instruments, PassRecord, run_pipeline
@@ -102,6 +104,7 @@ def add_parser(sub) -> None:
         "neighbourhoods, diffs, manifests); 'qgraph report OUT' redraws it later",
     )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    add_accuracy_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors and the result")
     p.set_defaults(run=run)
 
@@ -118,7 +121,8 @@ def parse_dims(text: str) -> dict[str, int]:
 
 def run(args) -> int:
     registry = registry_with(args.pass_module)
-    steps = expand(args.passes, registry, what="--passes")
+    family = family_of(args.input).name  # a family may give 'default' its own recipe
+    steps = expand(args.passes, registry, what="--passes", family=family)
     if args.bisect_limit is not None and args.bisect_limit < 0:
         raise PipelineError("--bisect-limit must be 0 or more")
     check_output(args.output, args.input, overwrite=args.force)  # before any work
@@ -159,7 +163,10 @@ def run(args) -> int:
         print_stats(result.records)
     if args.memory:
         print_memory(result.records)
-    path = bundle.save(args.output, overwrite=args.force)
+    if args.check_accuracy is None:
+        path = bundle.save(args.output, overwrite=args.force)
+    else:
+        path = save_checked_from_args(bundle, args)
     size = sum(f["bytes"] for f in bundle.manifest["files"].values())
     print(f"wrote {path} ({len(bundle.components)} components, {human_bytes(size)})", file=out)
     if args.report is not None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+from qgraph.commands._accuracy import add_budget_options, print_report
+from qgraph.errors import RuntimeInputError
 
 NAME = "eval"
 
@@ -21,10 +25,18 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--data",
         type=Path,
-        required=True,
         metavar="DIR",
-        help="folder of audio files with reference transcripts",
+        help="folder of audio files with reference transcripts (with --against: transcripts "
+        "optional, default the built-in speech)",
     )
+    p.add_argument(
+        "--against",
+        type=Path,
+        metavar="REF_BUNDLE",
+        help="compare with a reference bundle instead: token agreement, first divergence, "
+        "teacher-forced KL, WER delta; exit 4 over --budget (qgraph.accuracy)",
+    )
+    add_budget_options(p)
     p.add_argument("--language", help="force the language (default: the model decides)")
     p.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads")
     p.add_argument("--limit", type=int, metavar="N", help="score only the first N utterances")
@@ -33,6 +45,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    if args.against is not None:
+        return run_against(args)
+    if args.data is None:
+        raise RuntimeInputError("qgraph eval: give --data DIR (or --against REF_BUNDLE)")
     from qgraph.runtime.eval import evaluate
 
     report = evaluate(
@@ -41,4 +57,29 @@ def run(args) -> int:
     print(report.table())
     if args.json:
         args.json.write_text(report.to_json())
+    return 0
+
+
+def run_against(args) -> int:
+    """``--against REF``: the bundle's loss against REF (``qgraph.accuracy.compare``)."""
+    from qgraph.accuracy import AccuracyBudgetError, compare
+
+    report = compare(
+        args.against,
+        args.bundle,
+        args.data,
+        budget=args.budget,
+        max_files=args.limit or args.max_files,
+        max_tokens=args.max_tokens,
+        language=args.language,
+        threads=args.threads,
+    )
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if not report.within_budget and not args.accept_loss:
+        raise AccuracyBudgetError(
+            f"loss {report.loss:+.2f} pp ({report.metric}) exceeds the budget of "
+            f"{args.budget:g} pp (--accept-loss to report only)"
+        )
     return 0

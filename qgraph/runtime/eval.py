@@ -45,6 +45,7 @@ __all__ = [
     "evaluate",
     "load_dataset",
     "normalize",
+    "reference_texts",
     "score",
 ]
 
@@ -164,24 +165,35 @@ def load_dataset(data_dir: str | os.PathLike[str]) -> list[Utterance]:
     """Audio files under ``data_dir`` with their reference texts, sorted by path."""
     root = Path(data_dir)
     files = find_audio(root)
+    texts = reference_texts(root, files)
+    out = []
+    for audio in files:
+        text = texts.get(audio)
+        if text is None:
+            own = audio.with_suffix(".txt").name
+            raise RuntimeInputError(f"{audio}: no transcript ({own} or a *.trans.txt line)")
+        if not normalize(text):
+            raise RuntimeInputError(f"{audio}: the reference transcript is empty")
+        out.append(Utterance(audio.relative_to(root).with_suffix("").as_posix(), audio, text))
+    return out
+
+
+def reference_texts(root: Path, files: list[Path]) -> dict[Path, str]:
+    """The reference transcript of each of ``files`` that has one under ``root``: a same-stem
+    ``.txt`` beside it, else its line in a LibriSpeech-style ``*.trans.txt``."""
     listed: dict[Path, str] = {}
     for trans in root.rglob("*.trans.txt"):
         for line in trans.read_text(encoding="utf-8").splitlines():
             if line.strip():
                 uid, _, text = line.strip().partition(" ")
                 listed[trans.parent / uid] = text
-    out = []
+    out = {}
     for audio in files:
         own = audio.with_suffix(".txt")
         if own.is_file():
-            text = own.read_text(encoding="utf-8")
+            out[audio] = own.read_text(encoding="utf-8")
         elif audio.with_suffix("") in listed:
-            text = listed[audio.with_suffix("")]
-        else:
-            raise RuntimeInputError(f"{audio}: no transcript ({own.name} or a *.trans.txt line)")
-        if not normalize(text):
-            raise RuntimeInputError(f"{audio}: the reference transcript is empty")
-        out.append(Utterance(audio.relative_to(root).with_suffix("").as_posix(), audio, text))
+            out[audio] = listed[audio.with_suffix("")]
     return out
 
 

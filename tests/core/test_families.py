@@ -114,3 +114,22 @@ def test_a_plugin_family_is_detected_and_gives_roles(tmp_path: Path, monkeypatch
     assert bundle.roles() == {"frontend": "frontend", "model": "decoder"}
     with pytest.raises(Exception, match="taken"):
         register_family(Family("toy-asr", "another"))
+
+
+def test_whisper_gets_its_own_default(capsys) -> None:
+    from qgraph.cli import main
+    from qgraph.families import WHISPER_DEFAULT, get_family
+    from qgraph.pipeline import expand, to_text
+    from qgraph.registry import default_registry
+
+    reg = default_registry()
+    assert get_family("whisper").pipelines["default"] == WHISPER_DEFAULT
+    whisper = to_text(expand("default", reg, family="whisper"))
+    assert whisper == to_text(expand(WHISPER_DEFAULT, reg))
+    assert "quantize-int4{bits=8,block_size=32}" in whisper
+    assert "extract-embed-fp16" not in whisper and "share-weights" not in whisper
+    # nested uses follow, other families keep the registry's text
+    assert to_text(expand("small", reg, family="whisper")).startswith(whisper)
+    assert to_text(expand("default", reg, family="qwen3-asr")) == to_text(expand("default", reg))
+    assert main(["pipeline", "show", "default"]) == 0
+    assert f"for family whisper (its own recipe): {WHISPER_DEFAULT}" in capsys.readouterr().out
