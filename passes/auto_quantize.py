@@ -55,7 +55,6 @@ class AutoQuantize(BundlePass):
     name = "auto-quantize"
     category = "quantization"
     must_follow = QuantizeMatMulNBits.must_follow
-    reason = QuantizeMatMulNBits.reason
     tolerance: ClassVar[Tolerance] = INT4_BUDGET
     budget: float = option(0.5, "largest loss in percentage points (WER delta, else disagreement)")
     audio: str = option("", "folder of calibration audio (default: the built-in speech)")
