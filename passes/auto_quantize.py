@@ -162,7 +162,7 @@ class AutoQuantize(BundlePass):
         roles = bundle.roles()
         modified = False
         for comp in q.targets(roles):
-            if q.run_on(bundle.components[comp], roles[comp]).modified:
+            if q.run_on(bundle.components[comp], comp, roles[comp]).modified:
                 self.touch(comp)
                 modified = True
         return modified

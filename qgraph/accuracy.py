@@ -30,9 +30,10 @@ Audio: a folder (``find_audio``: ``.wav``/``.flac``/``.ogg``, recursively, the f
 ``max_files``), or, when none is given, the built-in speech (``qgraph.examples``: two synthesised
 English clips with their transcripts).
 
-``save_checked`` is ``qgraph compile --check-accuracy``: the compiled bundle is saved into a
-hidden staging folder beside the output, compared with the reference, the result is written into
-its manifest (``accuracy``), and only then is it renamed into place. Over budget (without
+``save_checked`` is ``qgraph compile --check-accuracy``: ``Bundle.save`` writes the compiled
+bundle into its temporary folder beside the output and, before the rename, calls the check
+(``before_commit``): it is compared with the reference, the result is written into its manifest
+(``accuracy``), and only then is it renamed into place. Over budget (without
 ``accept_loss``) the staged bundle is deleted and ``AccuracyBudgetError`` (exit code 4) is raised:
 nothing is written at the output and an existing output (``--force``) is left as it was.
 """
@@ -43,8 +44,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -457,22 +456,14 @@ def save_checked(
     """Save ``bundle`` to ``out`` only if it is within ``budget`` of ``reference`` on ``audio``
     (or ``accept_loss``); see the module docstring. ``on_report`` sees the report before the
     verdict is acted on."""
-    from qgraph.bundle import _replace_dir  # the same atomic rename Bundle.save ends with
+    result: list[AccuracyReport] = []
 
-    out = Path(out).absolute()
-    if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
-        raise BundleError(f"{out} already exists; choose another output or pass --force")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.check-", dir=out.parent))
-    except OSError as err:
-        raise BundleError(f"cannot write to {out.parent}: {err.strerror or err}") from None
-    try:
-        staged = bundle.save(staging / out.name)
+    def check(staged: Path) -> None:
         report = compare(
             reference, staged, audio, budget=budget, max_files=max_files, max_tokens=max_tokens
         )
-        report.candidate = str(out)
+        report.candidate = str(Path(out).absolute())
+        result.append(report)
         if on_report is not None:
             on_report(report)
         if not report.within_budget and not accept_loss:
@@ -484,7 +475,6 @@ def save_checked(
             )
         record(staged, report, accepted=not report.within_budget)
         bundle.manifest["accuracy"] = json.loads((staged / "qgraph.json").read_text())["accuracy"]
-        _replace_dir(staged, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out, report
+
+    path = bundle.save(out, overwrite=overwrite, before_commit=check)
+    return path, result[0]

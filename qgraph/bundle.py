@@ -22,7 +22,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,8 +168,18 @@ class Bundle:
         return bundle
 
     # -- saving ---------------------------------------------------------------------------------
-    def save(self, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    def save(
+        self,
+        out: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        before_commit: Callable[[Path], None] | None = None,
+    ) -> Path:
         """Write the bundle to ``out`` atomically and return its path.
+
+        ``before_commit(folder)`` runs on the complete, self-checked bundle in its temporary
+        folder just before it is renamed into place (e.g. the accuracy check); if it raises,
+        nothing is written.
 
         Raises BundleError if ``out`` exists (unless ``overwrite``), is the source bundle or
         inside it, or cannot be written; nothing is left behind on failure (Ctrl-C included, and
@@ -191,6 +201,8 @@ class Bundle:
             tmp.mkdir(mode=0o700)
             self._write(tmp)
             self._self_check(tmp, out)
+            if before_commit is not None:
+                before_commit(tmp)
             _replace_dir(tmp, out, old)
         except BaseException as err:
             crashguard.recover(tmp, out, old)
