@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from qgraph.errors import BundleError, QGraphError
+from qgraph.validation import first_mismatch
 
 __all__ = [
     "AccuracyBudgetError",
@@ -346,13 +347,6 @@ def _teacher_forced(
     return rows
 
 
-def _first_divergence(a: list[int], b: list[int]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
-
-
 def compare(
     reference: str | os.PathLike[str],
     candidate: str | os.PathLike[str],
@@ -395,7 +389,7 @@ def compare(
         cand_features, cand_prompt, tokens, finish, own = _decode(
             cand, clip.samples, language, budget_tokens
         )
-        divergence = _first_divergence(ref_tokens, tokens)
+        divergence = first_mismatch(ref_tokens, tokens)
         start = len(ref_tokens) if divergence is None else min(divergence + 1, len(own))
         forced = _teacher_forced(cand, cand_features, cand_prompt, ref_tokens, own, start)
         kls = [_kl(p, q) for p, q in zip(ref_rows, forced, strict=True)]

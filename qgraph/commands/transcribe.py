@@ -89,15 +89,15 @@ def _audio_path(text: str) -> Path:
 def run(args) -> int:
     import inspect
 
-    from qgraph.families import family_of
+    from qgraph.families import family_of, open_session
 
     audios = [_audio_path(a) for a in args.audio]
-    family = family_of(args.bundle)
-    session = family.session_class()(args.bundle, threads=args.threads)
+    session = open_session(args.bundle, threads=args.threads)
     kwargs = {"max_tokens": args.max_tokens, "language": args.language}
     if args.context:
         if "context" not in inspect.signature(session.transcribe).parameters:
-            raise RuntimeInputError(f"--context does not apply to {family.name} bundles")
+            family = family_of(args.bundle).name
+            raise RuntimeInputError(f"--context does not apply to {family} bundles")
         kwargs["context"] = args.context
     if args.batch > 1:
         if getattr(session, "static_kv", None) is None:

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from qgraph.accuracy import AccuracyReport, ClipResult, _first_divergence, load_clips
+from qgraph.accuracy import AccuracyReport, ClipResult, load_clips
 from qgraph.cli import main
 from qgraph.examples import example_audio
+from qgraph.validation import first_mismatch as _first_divergence
 
 FAST = ["--max-tokens", "8", "--max-files", "1"]
 LOSSY = "fp32,quantize-int4{block_size=128}"
