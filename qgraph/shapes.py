@@ -270,7 +270,7 @@ def _evaluate(node: ir.Node, partial) -> Partial | None:  # noqa: ANN001
         dtype = _NUMPY_TYPES[node.outputs[0].dtype]
         return [
             None if x is None or y is None else _ARITHMETIC[op](dtype(x), dtype(y)).item()
-            for x, y in zip(a, b)
+            for x, y in zip(a, b, strict=True)
         ]
     if op in _UNARY and args and args[0] is not None:
         dtype = _NUMPY_TYPES[node.outputs[0].dtype]
