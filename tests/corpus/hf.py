@@ -21,7 +21,7 @@ Graphs (all with dynamic batch and sequence dims):
   exporters).
 - ``bert`` encoder: ``input_ids``, ``attention_mask [B,S]`` (key padding), ``token_type_ids``
   -> ``last_hidden_state``; ``bert_tanh`` is the same with ``hidden_act="gelu_new"`` (tanh GELU
-  as ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``, TorchScript only).
+  as ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``).
 - ``whisper_encoder``: ``input_features [B, mels, 2*max_source_positions]`` ->
   ``last_hidden_state``.
 - ``whisper_decoder`` with a self-attention cache: ``input_ids [B,S]``,
@@ -277,8 +277,8 @@ ARCHITECTURES: dict[str, Callable[[str], Export]] = {
     "whisper_encoder": whisper_encoder,
     "whisper_decoder": whisper_decoder,
 }
-ONLY_TORCHSCRIPT = {"bert_tanh"}
-"""Architectures exported by TorchScript only (one more spelling, not worth a dynamo trace)."""
+ONLY_TORCHSCRIPT: set[str] = set()
+"""Architectures exported by TorchScript only (none at present)."""
 
 
 # -- exporters --------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 Expected sites from each bundle's ``config.json`` (``L`` layers of the component's stack):
 
-- Qwen3-ASR ``encoder``: ``skip-layer-norm L+1`` (the residual Adds before each layer's second
-  norm and before ``ln_post``; the first norm of each layer follows a reshape or the previous
-  layer's output, the last one ends the projector), ``gelu 3L`` ... see ``QWEN3_ASR``;
+- Qwen3-ASR ``encoder``: ``skip-layer-norm 2L-1`` (the residual Add before each layer norm
+  but the first, which follows the conv stem's Reshape; ``ln_post`` follows a Slice),
+  ``gelu L+4`` (one per FFN, three in the conv stem, one in the
+  projector), ``attention-encoder L``;
 - Qwen3-ASR ``decoder_init`` / ``decoder_step``: Qwen3 decoder, ``rms-norm 4L+1``,
   ``skip-rms-norm 2L``, ``rotary 2L``, ``attention-decoder L``;
 - Whisper ``encoder_model``: ``skip-layer-norm 2L+1`` (the first adds the position table),
@@ -35,7 +36,7 @@ def qwen3_asr_cases(bundle: Path) -> list[Case]:
     le, ld = enc["num_layers"], dec["num_layers"]
     # encoder: conv stem -> layers (pre-norm) -> ln_post -> proj1 -> GELU -> proj2; every layer's
     # FFN has one GELU (with its bias) and the stem has one GELU per conv layer (3 convs).
-    encoder_sites = {"skip-layer-norm": le + 1, "gelu": le + 4, "attention-encoder": le}
+    encoder_sites = {"skip-layer-norm": 2 * le - 1, "gelu": le + 4, "attention-encoder": le}
     decoder_sites = {
         "rms-norm": 4 * ld + 1,
         "skip-rms-norm": 2 * ld,

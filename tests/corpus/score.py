@@ -84,11 +84,12 @@ def _graphs(graph: onnx.GraphProto) -> Iterable[onnx.GraphProto]:
 
 
 class _Ancestry:
-    """The graph inputs (of this graph, or outer-scope names) each value depends on."""
+    """The graph inputs (of this graph, or outer-scope names) each value depends on; weights
+    and constants (of any graph in the model) are no inputs."""
 
-    def __init__(self, graph: onnx.GraphProto) -> None:
+    def __init__(self, graph: onnx.GraphProto, constants: set[str]) -> None:
         self.producer = {o: n for n in graph.node for o in n.output if o}
-        self.initializers = {i.name for i in graph.initializer}
+        self.initializers = constants
         self.memo: dict[str, frozenset[str]] = {}
 
     def leaves(self, name: str) -> frozenset[str]:
@@ -134,8 +135,12 @@ def fused_sites(model: onnx.ModelProto, self_attention: str) -> Counter:
     """Fused-site counts per kind (``SITE_KINDS``), uncapped; ``self_attention`` is
     ``attention-decoder`` or ``attention-encoder``."""
     counts: Counter = Counter()
-    for graph in _graphs(model.graph):
-        ancestry = _Ancestry(graph)
+    graphs = list(_graphs(model.graph))
+    # initializers of every graph: a branch reads the weights its parent holds (outer scope)
+    constants = {i.name for g in graphs for i in g.initializer}
+    constants |= {o for g in graphs for n in g.node if n.op_type == "Constant" for o in n.output}
+    for graph in graphs:
+        ancestry = _Ancestry(graph, constants)
         for node in graph.node:
             op = node.op_type
             if op == "SimplifiedLayerNormalization" or op == "RMSNormalization":

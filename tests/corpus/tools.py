@@ -26,7 +26,7 @@ from .cases import Case
 QGRAPH_PIPELINE = "hygiene,fusions"
 
 
-def _save(model: ir.Model, out: Path) -> Path:
+def save(model: ir.Model, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in (out, out.with_name(out.name + ".data")):
         stale.unlink(missing_ok=True)
@@ -57,7 +57,7 @@ def qgraph_passes(model: ir.Model, pipeline: str = QGRAPH_PIPELINE) -> dict[str,
 def run_qgraph(case: Case, out: Path) -> Path:
     model = load(case)
     qgraph_passes(model)
-    return _save(model, out)
+    return save(model, out)
 
 
 def _ort(model_type: str) -> Callable[[Case, Path], Path]:
@@ -87,7 +87,7 @@ def run_onnxscript(case: Case, out: Path) -> Path:
     from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
     model, _ = optimize_for_ort(load(case))
-    return _save(model, out)
+    return save(model, out)
 
 
 TOOLS: dict[str, Callable[[Case, Path], Path]] = {

@@ -36,6 +36,7 @@ from tests.export.whisper_bundles import tiny_whisper
 _TS = "TorchScript graph without shape information (issue class 1)"
 _SDPA = "dynamo SDPA lowering: sqrt(scale) on q and k, keys via Reshape-Transpose-Reshape (class 2)"
 _EMB = "embedding sum + LayerNorm (position table or token types) not fused"
+_TANH = "tanh GELU -> FastGelu: no pass yet (class 5)"
 _WDEC = "Whisper decoder self-attention with cache / cross-attention: no pass yet (class 2)"
 XFAIL: dict[tuple[str, str], str] = {
     # (case, kind): why it is not fused yet -- the measured count (fused/expected) in the comment
@@ -57,8 +58,14 @@ XFAIL: dict[tuple[str, str], str] = {
     ("bert/dynamo18-opt", "skip-layer-norm"): _EMB,  # 4/5
     ("bert/dynamo18-opt", "attention-encoder"): _SDPA + " with a key-padding mask",  # 0/2
     ("bert_tanh/torchscript17", "skip-layer-norm"): _TS,  # 0/5
-    ("bert_tanh/torchscript17", "fast-gelu"): "tanh GELU -> FastGelu: no pass yet (class 5)",  # 0/2
+    ("bert_tanh/torchscript17", "fast-gelu"): _TANH,  # 0/2
     ("bert_tanh/torchscript17", "attention-encoder"): _TS,  # 0/2
+    ("bert_tanh/dynamo18", "skip-layer-norm"): _EMB,  # 4/5
+    ("bert_tanh/dynamo18", "fast-gelu"): _TANH,  # 0/2
+    ("bert_tanh/dynamo18", "attention-encoder"): _SDPA + " with a key-padding mask",  # 0/2
+    ("bert_tanh/dynamo18-opt", "skip-layer-norm"): _EMB,  # 4/5
+    ("bert_tanh/dynamo18-opt", "fast-gelu"): _TANH,  # 0/2
+    ("bert_tanh/dynamo18-opt", "attention-encoder"): _SDPA + " with a key-padding mask",  # 0/2
     ("whisper_encoder/torchscript17", "skip-layer-norm"): _TS,  # 0/5
     ("whisper_encoder/torchscript17", "attention-encoder"): _TS,  # 0/2
     ("whisper_encoder/dynamo18", "skip-layer-norm"): _EMB,  # 4/5
@@ -219,3 +226,36 @@ def test_score_classifies_attention():
         "fast-gelu": 1,
         "gelu": 1,
     }
+
+
+def test_score_reads_branches_with_outer_weights():
+    """Attention inside an ``If`` branch whose projections use the parent's weights: self."""
+    from onnx import TensorProto, helper
+
+    ms = "com.microsoft"
+    branch = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["q"]),
+            helper.make_node("MatMul", ["x", "w2"], ["k"]),
+            helper.make_node("MultiHeadAttention", ["q", "k", "k"], ["a"], domain=ms, num_heads=1),
+            helper.make_node("MatMul", ["enc", "w2"], ["ek"]),
+            helper.make_node(
+                "MultiHeadAttention", ["a", "ek", "ek"], ["y"], domain=ms, num_heads=1
+            ),
+        ],
+        "branch",
+        [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["out"], then_branch=branch, else_branch=branch)],
+        "g",
+        [
+            helper.make_tensor_value_info(n, t, None)
+            for n, t in (("x", TensorProto.FLOAT), ("enc", TensorProto.FLOAT), ("cond", 9))
+        ],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [helper.make_tensor(n, TensorProto.FLOAT, [1], [1.0]) for n in ("w", "w2")],
+    )
+    counts = fused_sites(helper.make_model(graph), "attention-decoder")
+    assert dict(counts) == {"attention-decoder": 2, "attention-cross": 2}
