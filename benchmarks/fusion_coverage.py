@@ -214,6 +214,17 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {c['name']} | {c['family']} | {c['source']} | {sites} | " + " | ".join(cells) + " |"
         )
+    lines += ["", "## qgraph near misses (pass statistics ``skipped:<reason>`` per case)", ""]
+    for c in result["cases"]:
+        stats = c["tools"].get("qgraph", {}).get("stats", {})
+        missed = [
+            f"{name} {key[len('skipped:') :]} x{n}"
+            for name, counts in stats.items()
+            for key, n in counts.items()
+            if key.startswith("skipped:")
+        ]
+        if missed:
+            lines.append(f"- {c['name']}: " + "; ".join(missed))
     return "\n".join(lines) + "\n"
 
 

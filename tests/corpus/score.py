@@ -29,6 +29,8 @@ cross cache; a self-attention's keys are projected from the same hidden state as
 possibly with a past concatenated); otherwise it is the case's self-attention kind
 (``attention-decoder`` or ``attention-encoder``: a case holds one kind of self-attention).
 Packed QKV (no ``key`` input; ORT's ``Attention`` with its packed weights) is self-attention.
+Dependencies through ``Shape``/``Size`` do not count (a reshape of the encoder keys to the
+batch size read off ``input_ids`` leaves them cross-attention keys).
 
 ``score(counts, expected)``: per kind ``min(fused, expected)`` (a tool cannot earn more than
 the sites there are; ``over`` lists the kinds where it produced more nodes than sites).
@@ -64,6 +66,7 @@ PACKED_OPS = {"Attention", "PackedAttention"}
 """Attention ops whose second input is not the keys (weights, or q/k/v packed): self-attention
 (ONNX's own ``Attention`` takes keys second, but ``opset 17/18`` graphs cannot hold it)."""
 QUERY, KEY = 0, 1
+SHAPE_OPS = {"Shape", "Size"}
 
 
 def _attr(node: onnx.NodeProto, name: str, default=None):
@@ -109,6 +112,8 @@ class _Ancestry:
             node = self.producer.get(v)
             if node is None:
                 out.add(v)
+                continue
+            if node.op_type in SHAPE_OPS:  # metadata, not data: a batch size read off ids
                 continue
             stack.extend(node.input)
             for a in node.attribute:  # outer-scope names a subgraph reads

@@ -204,8 +204,10 @@ def test_score_classifies_attention():
         helper.make_node("Concat", ["past", "k"], ["kc"], axis=2),
         # self: keys from the same hidden state (with a past)
         helper.make_node("MultiHeadAttention", ["q", "kc", "kc"], ["a"], domain=ms, num_heads=1),
-        # cross: keys from the encoder states only
-        helper.make_node("MatMul", ["enc", "w"], ["ek"]),
+        # cross: keys from the encoder states only (reshaped to a size read off the queries)
+        helper.make_node("MatMul", ["enc", "w"], ["ek0"]),
+        helper.make_node("Shape", ["a"], ["xs"]),
+        helper.make_node("Reshape", ["ek0", "xs"], ["ek"]),
         helper.make_node("MultiHeadAttention", ["a", "ek", "ek"], ["c"], domain=ms, num_heads=1),
         # packed weights (ORT's Attention): self; GQA with its own rotary: 2 rotary sites
         helper.make_node("Attention", ["c", "w"], ["p"], domain=ms, num_heads=1),
