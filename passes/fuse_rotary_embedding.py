@@ -165,6 +165,14 @@ def _slice_range(node: ir.Node, width: int, axis_rank: int) -> tuple[int, int] |
 def _halves(x1: ir.Value, x2: ir.Value, width: int) -> bool:
     """x1 = x[..., :D/2] and x2 = x[..., D/2:] along the last axis of a rank-4 x."""
     a, b = x1.producer(), x2.producer()
+    if a.op_type == "SequenceAt":
+        parts = a.inputs[0].producer()
+        if b.inputs[0].producer() is not parts or not is_last_axis(int_attr(parts, "axis", 0), 4):
+            return False
+        split = _ints(parts.inputs[1]) if len(parts.inputs) > 1 else None
+        if split not in ([width // 2], [width // 2] * 2):  # absent: chunks of 1
+            return False
+        return (_ints(a.inputs[1]), _ints(b.inputs[1])) in (([0], [1]), ([-2], [-1]))
     if a.op_type == "Split":
         if a is not b or len(a.outputs) != 2 or not is_last_axis(int_attr(a, "axis", 0), 4):
             return False
@@ -216,10 +224,14 @@ def _source(value: ir.Value, trig: str) -> _Source | None:
             else:
                 return None
             continue
-        elif op == "Gather" and positions is None:
-            if int_attr(node, "axis", 0) != 0 or rank(node.inputs[0]) != 2:
+        elif op == "Transpose" and (perm := ints_attr(node, "perm")) == sorted(perm or [0]):
+            pass  # identity permutation (dynamo writes one around its index gathers)
+        elif op in ("Gather", "GatherND") and positions is None:
+            if op == "Gather" and int_attr(node, "axis", 0) != 0:
                 return None
-            positions = node.inputs[1]
+            positions = node.inputs[1] if op == "Gather" else _nd_positions(node)
+            if positions is None:
+                return None
             if positions.dtype not in (INT64, ir.DataType.INT32) or rank(positions) not in (1, 2):
                 return None
         elif op == "Slice" and positions is not None:  # table[:n]: the rows Gather may read
@@ -244,6 +256,32 @@ def _source(value: ir.Value, trig: str) -> _Source | None:
     if node is None and positions is not None and rank(value) == 2:
         return _Source("table", value, tuple(ops), axis, positions)
     return None
+
+
+def _nd_positions(node: ir.Node) -> ir.Value | None:
+    """``p`` of ``GatherND(T, Unsqueeze(p, -1))``, dynamo's ``T[p]``: Concat of one input and
+    ``Expand(p, Shape(Max(p)))`` (a broadcast of p with itself) around the Unsqueeze allowed."""
+    if int_attr(node, "batch_dims", 0) != 0:
+        return None
+    index = node.inputs[1]
+    if (cat := producer(index, "Concat")) is not None and len(cat.inputs) == 1:
+        index = cat.inputs[0]
+    unsqueeze = producer(index, "Unsqueeze")
+    if unsqueeze is None or len(unsqueeze.inputs) < 2 or _ints(unsqueeze.inputs[1]) is None:
+        return None
+    p = unsqueeze.inputs[0]
+    if (expand := producer(p, "Expand")) is not None:
+        shape = producer(expand.inputs[1], "Shape")
+        whole = shape is not None and int_attr(shape, "start", 0) == 0
+        source = shape.inputs[0] if whole and "end" not in shape.attributes else None
+        if (top := producer(source, "Max")) is not None and len(top.inputs) == 1:
+            source = top.inputs[0]
+        if source is not expand.inputs[0]:
+            return None
+        p = expand.inputs[0]
+    if rank(p) is None or _ints(unsqueeze.inputs[1]) not in ([-1], [rank(p)]):
+        return None
+    return p
 
 
 def _duplicated(table: ir.Value) -> bool:
@@ -290,17 +328,27 @@ def _check_source(c: _Source | None, s: _Source | None, x: ir.Value, width: int)
         return fail("angle tensor does not broadcast over the heads")
     if not same_dim(*seq, x, seq_axis):
         return fail("angle tensor does not line up with the sequence axis")
-    if batch is not None and not (same_dim(*batch, x, 0) or static_dim(*batch) == 1):
+    if batch is not None and static_dim(*batch) not in (None, 1, static_dim(x, 0)):
         return fail("angle tensor does not line up with the batch axis")
     if c.axis == 2 and static_dim(x, 2) is None:
         return fail("head count unknown")
     return True
 
 
+def _unsliced(x: ir.Value) -> ir.Value:
+    """The tensor a last-axis Slice of ``x`` was cut from (same leading dims), else ``x``: a
+    partial rotation's Shape reads the whole tensor, so that its Slice can merge away."""
+    node = x.producer()
+    width = static_dim(node.inputs[0], -1) if node is not None and node.inputs else None
+    if width is not None and _slice_range(node, width, 4) is not None:
+        return node.inputs[0]
+    return x
+
+
 class _Rotary(pattern.RewriteRuleClassBase):
-    def __init__(self, name: str, *, split: bool) -> None:
+    def __init__(self, name: str, *, halves: str) -> None:
         super().__init__(name, remove_nodes=True)
-        self._split = split
+        self._halves = halves
         self._tables: dict[tuple, tuple[ir.Value, ir.Value, ir.Value]] = {}
 
     def setup(self) -> None:
@@ -310,8 +358,12 @@ class _Rotary(pattern.RewriteRuleClassBase):
         self._tables.clear()
 
     def pattern(self, op, x, cos, sin):
-        if self._split:
+        if self._halves == "split":
             x1, x2 = op.Split(x, _allow_other_inputs=True, _outputs=["x1", "x2"])
+        elif self._halves == "sequence":  # dynamo's chunk: SplitToSequence + SequenceAt
+            parts = op.SplitToSequence(x, _allow_other_inputs=True)
+            x1 = op.SequenceAt(parts, _allow_other_inputs=True, _outputs=["x1"])
+            x2 = op.SequenceAt(parts, _allow_other_inputs=True, _outputs=["x2"])
         else:
             x1 = op.Slice(x, _allow_other_inputs=True, _outputs=["x1"])
             x2 = op.Slice(x, _allow_other_inputs=True, _outputs=["x2"])
@@ -327,12 +379,14 @@ class _Rotary(pattern.RewriteRuleClassBase):
         return _check_source(_source(cos, "Cos"), _source(sin, "Sin"), x, width)
 
     @staticmethod
-    def _replay(op, t, ops: tuple[tuple, ...]):
+    def _replay(op, t, ops: tuple[tuple, ...], dtype: ir.DataType | None = None):
+        """``ops`` applied to ``t``; a Cast to ``t``'s own type is dropped when ``dtype`` (the
+        type of ``t``) is given."""
         for step in ops:
             if step[0] == "mul" and step[1] != 1.0:
                 t = op.Mul(t, op.Constant(value=ir.tensor(step[1], dtype=step[2])))
-            elif step[0] == "cast":
-                t = op.Cast(t, to=step[1])
+            elif step[0] == "cast" and step[1] != dtype:
+                t, dtype = op.Cast(t, to=step[1]), dtype and ir.DataType(step[1])
         return t
 
     def _angle_tables(self, op, src: _Source, width: int):
@@ -366,7 +420,7 @@ class _Rotary(pattern.RewriteRuleClassBase):
             pair = []
             for src, trig in ((c, op.Cos), (s, op.Sin)):
                 if src.kind == "rows":
-                    half = trig(src.base)
+                    half, dtype = trig(src.base), src.base.dtype
                 else:
                     arr = const_array(src.base)[:, : width // 2]
                     graph = src.base.graph or src.base.producer().graph
@@ -377,7 +431,8 @@ class _Rotary(pattern.RewriteRuleClassBase):
                     while name in taken:
                         name, i = f"{src.base.name or 'rotary_table'}.half_{i}", i + 1
                     half = op.initializer(ir.tensor(np.ascontiguousarray(arr)), name=name)
-                pair.append(self._replay(op, half, src.ops))
+                    dtype = src.base.dtype
+                pair.append(self._replay(op, half, src.ops, dtype))
             pos = c.positions
             if pos.dtype != INT64:
                 pos = op.Cast(pos, to=INT64)
@@ -397,7 +452,9 @@ class _Rotary(pattern.RewriteRuleClassBase):
             per_batch = rank(c.positions) == 2 and same_dim(c.positions, 0, x, 0)
         if not per_batch:
             batch = static_dims(x, 0, 1)
-            batch = op.Constant(value_ints=batch) if batch else op.Shape(x, start=0, end=1)
+            batch = (
+                op.Constant(value_ints=batch) if batch else op.Shape(_unsliced(x), start=0, end=1)
+            )
             pos = op.Expand(pos, op.Concat(batch, op.Constant(value_ints=[1]), axis=0))
         if c.axis != 2:
             return op.RotaryEmbedding(x, pos, cos_t, sin_t, interleaved=0, _domain=MS)
@@ -447,8 +504,7 @@ class FuseRotaryEmbedding(RulePass):
 
     name = "fuse-rotary-embedding"
     rules = [
-        _Rotary.rule(f"rotary-{'split' if split else 'slice'}", split=split)
-        for split in (False, True)
+        _Rotary.rule(f"rotary-{halves}", halves=halves) for halves in ("slice", "split", "sequence")
     ]
     partial_rules = [_Partial.rule()]
 
