@@ -3,13 +3,15 @@
 Rewrite::
 
     x1, x2 = Slice(x, 0:D/2), Slice(x, D/2:)  | Split(x, 2 equal halves, axis=-1)
+                                              | SequenceAt(SplitToSequence(x, D/2, axis=-1), 0/1)
     rot    = Concat(Neg(x2), x1, axis=-1)
     y      = x * cos + rot * sin                 (any operand order)
-      with cos = [Unsqueeze(axis)] ew(c), sin likewise, where ew is any chain of Cast and
-           Mul(scalar) and c is one of
+      with cos = [Unsqueeze(axis)] ew(c), sin likewise, where ew is any chain of Cast,
+           Mul(scalar) and identity Transposes, and c is one of
         (a) angles: Cos(Concat(f, f, axis=-1))
-        (b) table:  Gather(T, position_ids, axis=0), T = [Slice(rows 0:n)] ew(Cos(Concat(g, g)))
-                    (computed) or a constant [max_pos, D] whose two halves are equal
+        (b) table:  Gather(T, position_ids, axis=0) | GatherND(T, Unsqueeze(position_ids, -1)),
+                    T = [Slice(rows 0:n)] ew(Cos(Concat(g, g))) (computed) or a constant
+                    [max_pos, D] whose two halves are equal
   ->
     y = RotaryEmbedding(x, pos, cos_table, sin_table, interleaved=0)
       (a) cos_table = Reshape(ew(Cos(f)), [-1, D/2]), sin_table likewise,
@@ -23,12 +25,15 @@ the tables hold one row per token of this call and ``pos`` indexes them in order
 exactly the angles of the original graph: any positions (offsets, MRoPE sections that agree for
 text), no max-length table and no extra weights. In (b) (Hugging Face's cached rotary) the op
 reads the half table at the real position_ids: equal for every position the original Gather
-accepts, 0 <= position < rows (a negative index, which Gather wraps, is not a position).
+accepts, 0 <= position < rows (a negative index, which Gather wraps, is not a position; the
+op also wants no more tokens than rows).
 Elementwise Cast/Mul(scalar) commute with the duplication and the row gather, so they are
 replayed, in order, on the half table. Tables are built once per source and shared by q and k of
 every layer. ``x`` may be [B,H,S,D] (unsqueeze at axis 1) or [B,S,H,D] (unsqueeze at axis 2, run
 on a [B,S,H*D] view with ``num_heads``). The half size D/2 of the Slices / Split may be a
-constant or computed from static shapes (``Shape -> Gather -> Div(2)``, Cast, Unsqueeze...).
+constant or computed from static dims (``Shape -> Gather -> Div(2)``, Cast, Unsqueeze...: the
+TorchScript spelling of ``x[..., : x.shape[-1] // 2]``). cos/sin rows of batch 1 are broadcast
+to x's batch.
 
 Partial rotation (the rotary on the first ``rd`` channels, the rest passed through)::
 
@@ -36,13 +41,16 @@ Partial rotation (the rotary on the first ``rd`` channels, the rest passed throu
   -> y = RotaryEmbedding(x, pos, cos_table, sin_table, rotary_embedding_dim=rd, num_heads=H)
 
 for a [B,H,S,D] ``x`` with H static (the contrib op needs ``num_heads`` with
-``rotary_embedding_dim``); otherwise the RotaryEmbedding on the sliced channels stays with its
+``rotary_embedding_dim``; its kernel copies channels rd: through unchanged); otherwise (the
+[B,S,H,D] view, unknown H) the RotaryEmbedding on the sliced channels stays with its
 Slice/Concat.
 
 Does not fire (``skipped:<reason>``): the halves are not an exact split of the last axis
-(interleaved pairs); cos and sin are not Cos/Sin of one duplicated angle tensor nor rows gathered
-from a duplicated table (model inputs, a constant table whose halves differ); the table does not
-line up with x's sequence axis; head size unknown or odd.
+(interleaved pairs, a half size that depends on an unknown dim); cos and sin are not Cos/Sin of
+one duplicated angle tensor nor rows gathered from a duplicated table (model inputs, a table that
+is not a constant, a constant table whose halves differ, cos and sin gathered at different
+positions); the angles or positions do not line up with x's sequence axis; head size unknown or
+odd.
 Scope: the main graph; the dead cos/sin computation is removed.
 """
 
@@ -207,7 +215,7 @@ def _source(value: ir.Value, trig: str) -> _Source | None:
         if node is None or node.domain not in ("", "ai.onnx"):
             break
         op = node.op_type
-        if op == "Unsqueeze" and axis is None and positions is None and not ops:
+        if op == "Unsqueeze" and axis is None and positions is None:
             axes = _ints(node.inputs[1]) if len(node.inputs) > 1 else ints_attr(node, "axes")
             if axes is None or len(axes) != 1:
                 return None
@@ -311,6 +319,8 @@ def _check_source(c: _Source | None, s: _Source | None, x: ir.Value, width: int)
             return fail("cos/sin tables are not as wide as the head")
         if not same_dim(c.base, 0, s.base, 0):
             return fail("cos/sin tables have different lengths")
+        if const_array(c.base) is None or const_array(s.base) is None:
+            return fail("cos/sin tables are not constants")
         if not (_duplicated(c.base) and _duplicated(s.base)):
             return fail("cos/sin table halves differ")
     if c.positions is None:
