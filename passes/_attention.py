@@ -225,41 +225,41 @@ def _nan_guard(sm: ir.Node) -> tuple[ir.Node, ir.Node, ir.Value] | None:
     return isnan, where, zero
 
 
-def _forward_cone(node: ir.Node, stop: ir.Node, limit: int = 12) -> set[ir.Node] | None:
-    """``node`` and every node downstream of it up to ``stop`` (None past ``limit`` nodes or a
-    graph output)."""
-    cone, stack = set(), [node]
-    while stack:
-        n = stack.pop()
-        if n in cone or n is stop:
-            continue
-        cone.add(n)
-        if len(cone) > limit or any(o.is_graph_output() for o in n.outputs):
-            return None
-        stack.extend(u for o in n.outputs for u, _ in o.uses())
-    return cone
+def _absorb_shape_reads(core: set[ir.Node], limit: int = 16) -> None:
+    """Add to ``core`` the Shape nodes reading its values whose results flow only into ``core``
+    (TorchScript's SDPA lowering reads q/v/p@v shapes to build an identity Reshape): they die
+    with the site."""
+    for node in list(core):
+        for o in node.outputs:
+            for user, _ in list(o.uses()):
+                if user in core or user.op_type != "Shape":
+                    continue
+                cone, stack = set(), [user]
+                while stack and len(cone) <= limit:
+                    n = stack.pop()
+                    if n in cone or n in core:
+                        continue
+                    cone.add(n)
+                    if any(v.is_graph_output() for v in n.outputs):
+                        cone.add(node)  # poison: a graph output is not core
+                        break
+                    stack.extend(u for v in n.outputs for u, _ in v.uses())
+                if len(cone) <= limit and node not in cone:
+                    core |= cone
 
 
 def _skip_identity_reshape(v: ir.Value, core: set[ir.Node]) -> ir.Value:
     """``v`` through a Reshape whose output provably has ``v``'s shape (TorchScript's SDPA
-    lowering reshapes p @ v to [B,-1,S,D] from its own Shape); the Shape nodes reading ``v``
-    must feed only that Reshape's shape input."""
+    lowering reshapes p @ v to [B,-1,S,D] from shapes it reads); ``v``'s other readers must be
+    Shape nodes (``_absorb_shape_reads`` checks where they lead)."""
     users = [u for u, _ in v.uses()]
     reshapes = [u for u in users if u.op_type == "Reshape" and u.inputs[0] is v]
     if len(reshapes) != 1 or v.is_graph_output() or not same_shape(reshapes[0].outputs[0], v):
         return v
-    r, cone = reshapes[0], set()
-    for u in users:
-        if u is r:
-            continue
-        if u.op_type != "Shape" or (fwd := _forward_cone(u, r)) is None:
-            return v
-        cone |= fwd
-    uses = [(u, i) for n in cone for o in n.outputs for u, i in o.uses() if u not in cone]
-    if any(u is not r or i != 1 for u, i in uses):
+    if any(u is not reshapes[0] and u.op_type != "Shape" for u in users):
         return v
-    core.update(cone | {r})
-    return r.outputs[0]
+    core.add(reshapes[0])
+    return reshapes[0].outputs[0]
 
 
 def match(sm: ir.Node) -> Attention | str:
@@ -318,6 +318,7 @@ def match(sm: ir.Node) -> Attention | str:
         return "head sizes of q, k and v differ"
     if not all(static_dim(t, 1) == kv_heads for t in (v_new, past_k, past_v) if t is not None):
         return "head counts of the caches differ"
+    _absorb_shape_reads(core)
     for node in core:
         for o in node.outputs:
             if o is not out and (o.is_graph_output() or any(u not in core for u, _ in o.uses())):
