@@ -2,15 +2,28 @@
 
 ``find_sites`` anchors on every Softmax and recognises scaled-dot-product attention around it::
 
-    p = Softmax(scale * (q @ Transpose(repeat_kv([Concat(past_k, k)]), [0,1,3,2])) [+ mask])
-    o = Transpose(p @ repeat_kv([Concat(past_v, v)]), [0,2,1,3]) [-> Reshape to [B,S,H*D]]
+    p = Softmax(scale * (q @ kT) [+ mask])                 [-> Where(IsNaN(p), 0, p)]
+    o = Transpose(p @ repeat_kv([Concat(past_v, v)]) [-> identity Reshape], [0,2,1,3])
+        [-> Reshape to [B,S,H*D]]
+    kT = Transpose(repeat_kv([Concat(past_k, k)]), [0,1,3,2])
+       | Transpose(k4, [0,2,3,1])            k4 = [B,L,H,D] (TorchScript BERT / Whisper encoder)
+       | Reshape(Transpose(Reshape(k, [B*H,L,D]), [0,2,1]), [B,H,D,L])       (dynamo SDPA)
 
 returning an ``Attention`` record (or counting ``skipped:<reason>`` on the pass). The scale may be
-spread over the scores, q and the transposed keys (Mul by a constant or Div by one); identity
-Slices around ``repeat_kv`` are skipped. ``fuse_site`` puts a fused op in place of the site:
-its output replaces ``o``, its present outputs replace the concatenated caches for every
-consumer outside the attention (renaming graph outputs so that the I/O stays identical), and
-``finish`` sorts the graph and drops the dead nodes.
+spread over the scores, q and the transposed keys (Mul by a constant or Div by one; dynamo's SDPA
+puts sqrt(scale) on q and on kT); identity Slices around ``repeat_kv`` are skipped. The reshape
+spelling of kT is proven from shapes: the flattening keeps k's [L,D] whole and the result is
+[B,H,D,L] with k's dims. The identity Reshape (TorchScript's SDPA lowering at opset 17 reshapes
+p @ v to its own shape, read through Shape nodes) must provably keep the shape; Shape nodes
+that read the site's values and feed only the site are part of it. The ``Where(IsNaN(p), 0, p)``
+guard (SDPA lowerings; a fully masked row, all -inf, gives NaN probabilities) is re-applied to
+the fused output as ``Where(IsNaN(o), 0, o)``: for finite q, k, v a NaN output row is exactly a
+fully masked row, so the result is the same (0 there) for any mask.
+
+``fuse_site`` puts a fused op in place of the site: its output replaces ``o``, its present
+outputs replace the concatenated caches for every consumer outside the attention (renaming
+graph outputs so that the I/O stays identical), and ``finish`` sorts the graph and drops the
+dead nodes.
 """
 
 from __future__ import annotations

@@ -11,12 +11,21 @@ Rewrite (per Softmax; q, k, v in [B,H,S,D] / [B,H,L,D])::
 projections' outputs), so the fused op reads them without a copy. The additive mask becomes
 ``attention_bias``: used as is when it is already [B|1, H|1, S, L], else expanded once per
 mask tensor to that shape (a key-padding mask [B,1,1,L] becomes [B,1,S,L]), so masking is
-bit-for-bit the same additive bias as before. This is the encoder's windowed self-attention.
+bit-for-bit the same additive bias as before, whatever the mask's values: BERT's extended mask
+``(1 - mask) * min``, SDPA's ``Where(keep, 0, -inf)``, the Hugging Face decoder's 4-D
+causal + padding mask built from a 2-D ``attention_mask`` (left or right padding alike). This is
+the encoder's windowed self-attention, and the padded decoder attention ``fuse-gqa`` refuses.
 
-Does not fire (``skipped:<reason>``): grouped KV heads or a past-cache concat (``fuse-gqa``'s
-sites); a mask that is not rank 4 or whose head axis is neither 1 nor H; the general matcher's
+Grouped heads (repeat_kv, no cache): the keys/values attention reads, repeat_kv's [B,H,L,D]
+outputs, go in as they are (MultiHeadAttention's BNSH key/value), q as [B,S,H*D]. The other
+spellings of q @ k^T and the SDPA guards are ``_attention``'s.
+
+Does not fire (``skipped:<reason>``): a past-cache concat (``fuse-gqa``'s sites); grouped KV
+heads whose repeated keys/values are not [B,H,L,D] with the query's heads and head size;
+a mask that is not rank 4 or whose head axis is neither 1 nor H; the general matcher's
 reasons (heads or head size not static, internals used elsewhere, softmax not on the last
-axis). Causal decoder attention is left to ``fuse-gqa`` when both run (it runs first).
+axis, keys not provably transposed). Causal decoder attention is left to ``fuse-gqa`` when
+both run (it runs first).
 Scope: the main graph.
 """
 
