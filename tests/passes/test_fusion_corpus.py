@@ -40,59 +40,39 @@ _TANH = "tanh GELU -> FastGelu: no pass yet (class 5)"
 _WDEC = "Whisper decoder self-attention with cache / cross-attention: no pass yet (class 2)"
 XFAIL: dict[tuple[str, str], str] = {
     # (case, kind): why it is not fused yet -- the measured count (fused/expected) in the comment
-    ("llama/torchscript17", "skip-rms-norm"): _TS,  # 0/4
-    ("llama/torchscript17", "rotary"): _TS,  # 0/4
     ("llama/torchscript17", "attention-decoder"): _TS,  # 0/2
     ("llama/dynamo18", "attention-decoder"): _SDPA,  # 0/2
     ("llama/dynamo18-opt", "attention-decoder"): _SDPA,  # 0/2
-    ("qwen3/torchscript17", "rms-norm"): _TS + ": q_norm/k_norm",  # 5/9
-    ("qwen3/torchscript17", "skip-rms-norm"): _TS,  # 0/4
-    ("qwen3/torchscript17", "rotary"): _TS,  # 0/4
     ("qwen3/torchscript17", "attention-decoder"): _TS,  # 0/2
     ("qwen3/dynamo18", "attention-decoder"): _SDPA,  # 0/2
     ("qwen3/dynamo18-opt", "attention-decoder"): _SDPA,  # 0/2
     ("bert/torchscript17", "skip-layer-norm"): _TS,  # 0/5
     ("bert/torchscript17", "attention-encoder"): _TS,  # 0/2
     ("bert/dynamo18", "skip-layer-norm"): _EMB,  # 4/5
-    ("bert/dynamo18", "attention-encoder"): _SDPA + " with a key-padding mask",  # 0/2
     ("bert/dynamo18-opt", "skip-layer-norm"): _EMB,  # 4/5
-    ("bert/dynamo18-opt", "attention-encoder"): _SDPA + " with a key-padding mask",  # 0/2
     ("bert_tanh/torchscript17", "skip-layer-norm"): _TS,  # 0/5
     ("bert_tanh/torchscript17", "fast-gelu"): _TANH,  # 0/2
     ("bert_tanh/torchscript17", "attention-encoder"): _TS,  # 0/2
     ("bert_tanh/dynamo18", "skip-layer-norm"): _EMB,  # 4/5
     ("bert_tanh/dynamo18", "fast-gelu"): _TANH,  # 0/2
-    ("bert_tanh/dynamo18", "attention-encoder"): _SDPA + " with a key-padding mask",  # 0/2
     ("bert_tanh/dynamo18-opt", "skip-layer-norm"): _EMB,  # 4/5
     ("bert_tanh/dynamo18-opt", "fast-gelu"): _TANH,  # 0/2
-    ("bert_tanh/dynamo18-opt", "attention-encoder"): _SDPA + " with a key-padding mask",  # 0/2
     ("whisper_encoder/torchscript17", "skip-layer-norm"): _TS,  # 0/5
-    ("whisper_encoder/torchscript17", "attention-encoder"): _TS,  # 0/2
     ("whisper_encoder/dynamo18", "skip-layer-norm"): _EMB,  # 4/5
-    ("whisper_encoder/dynamo18", "attention-encoder"): _SDPA,  # 0/2
     ("whisper_encoder/dynamo18-opt", "skip-layer-norm"): _EMB,  # 4/5
-    ("whisper_encoder/dynamo18-opt", "attention-encoder"): _SDPA,  # 0/2
     ("whisper_decoder/torchscript17", "skip-layer-norm"): _TS,  # 0/7
     ("whisper_decoder/torchscript17", "attention-decoder"): _WDEC,  # 0/2
     ("whisper_decoder/torchscript17", "attention-cross"): _WDEC,  # 0/2
     ("whisper_decoder/dynamo18", "attention-decoder"): _WDEC,  # 0/2
-    ("whisper_decoder/dynamo18", "attention-cross"): _WDEC,  # 0/2
     ("whisper_decoder/dynamo18-opt", "attention-decoder"): _WDEC,  # 0/2
-    ("whisper_decoder/dynamo18-opt", "attention-cross"): _WDEC,  # 0/2
     ("hand/rms-pow", "rms-norm"): "rsqrt as Pow(x, -0.5) (class 4)",  # 0/1
     ("hand/rms-weight-first", "rms-norm"): "weight multiplied in first (class 4)",  # 0/1
     ("hand/gelu-tanh-pow", "fast-gelu"): "tanh GELU (class 5)",  # 0/1
     ("hand/gelu-tanh-cube", "fast-gelu"): "tanh GELU, x*x*x (class 5)",  # 0/1
     ("hand/gelu-tanh-fast", "fast-gelu"): "tanh GELU, gelu_fast spelling (class 5)",  # 0/1
     ("hand/gelu-tanh-bias", "fast-gelu"): "tanh GELU with bias (class 5)",  # 0/1
-    ("hand/rotary-cache-gather", "rotary"): "cos/sin caches gathered by position_ids (class 3)",
-    ("hand/rotary-shape-half", "rotary"): "rotate_half size from Shape (class 3)",  # 0/2
-    ("hand/rotary-split", "rotary"): "rotate spelled with Split (class 3)",  # 0/2
-    ("hand/rotary-partial", "rotary"): "partial rotary (class 3)",  # 0/2
-    ("hand/attention-k-transpose", "attention-encoder"): "keys by Transpose(0,2,3,1) (class 2)",
     ("hand/attention-sdpa-lowering", "attention-encoder"): _SDPA,  # 0/1
     ("hand/attention-decoder-mask", "attention-decoder"): "2-D attention_mask (class 2)",  # 0/1
-    ("hand/attention-cross", "attention-cross"): "cross-attention: no pass yet (class 2)",  # 0/1
     ("whisper/encoder_model", "skip-layer-norm"): _EMB,  # 4/5
     ("whisper/decoder_model_merged", "skip-layer-norm"): _EMB,  # 12/14
     ("whisper/decoder_model_merged", "attention-decoder"): _WDEC,  # 0/4
