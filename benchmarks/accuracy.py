@@ -61,8 +61,8 @@ OPTIONS = [
     ("AWQ alpha 0.25 + int4", "awq-smooth{alpha=0.25},quantize-int4"),
     ("AWQ alpha 0.5 + int4", "awq-smooth,quantize-int4"),
     ("AWQ search + int4", "awq-smooth{search=true},quantize-int4"),
-    ("INT8 dynamic per-channel", "quantize-int8"),
-    ("INT8 reduce_range", "quantize-int8{reduce_range=true}"),
+    ("INT8 dynamic per-channel, 8-bit", "quantize-int8{reduce_range=false}"),
+    ("INT8 7-bit weights (default)", "quantize-int8"),
     ("INT8 per-tensor (public tool's trap)", "quantize-int8{per_channel=false}"),
 ]
 

@@ -2,15 +2,28 @@
 
 ``find_sites`` anchors on every Softmax and recognises scaled-dot-product attention around it::
 
-    p = Softmax(scale * (q @ Transpose(repeat_kv([Concat(past_k, k)]), [0,1,3,2])) [+ mask])
-    o = Transpose(p @ repeat_kv([Concat(past_v, v)]), [0,2,1,3]) [-> Reshape to [B,S,H*D]]
+    p = Softmax(scale * (q @ kT) [+ mask])                 [-> Where(IsNaN(p), 0, p)]
+    o = Transpose(p @ repeat_kv([Concat(past_v, v)]) [-> identity Reshape], [0,2,1,3])
+        [-> Reshape to [B,S,H*D]]
+    kT = Transpose(repeat_kv([Concat(past_k, k)]), [0,1,3,2])
+       | Transpose(k4, [0,2,3,1])            k4 = [B,L,H,D] (TorchScript BERT / Whisper encoder)
+       | Reshape(Transpose(Reshape(k, [B*H,L,D]), [0,2,1]), [B,H,D,L])       (dynamo SDPA)
 
 returning an ``Attention`` record (or counting ``skipped:<reason>`` on the pass). The scale may be
-spread over the scores, q and the transposed keys (Mul by a constant or Div by one); identity
-Slices around ``repeat_kv`` are skipped. ``fuse_site`` puts a fused op in place of the site:
-its output replaces ``o``, its present outputs replace the concatenated caches for every
-consumer outside the attention (renaming graph outputs so that the I/O stays identical), and
-``finish`` sorts the graph and drops the dead nodes.
+spread over the scores, q and the transposed keys (Mul by a constant or Div by one; dynamo's SDPA
+puts sqrt(scale) on q and on kT); identity Slices around ``repeat_kv`` are skipped. The reshape
+spelling of kT is proven from shapes: the flattening keeps k's [L,D] whole and the result is
+[B,H,D,L] with k's dims. The identity Reshape (TorchScript's SDPA lowering at opset 17 reshapes
+p @ v to its own shape, read through Shape nodes) must provably keep the shape; Shape nodes
+that read the site's values and feed only the site are part of it. The ``Where(IsNaN(p), 0, p)``
+guard (SDPA lowerings; a fully masked row, all -inf, gives NaN probabilities) is re-applied to
+the fused output as ``Where(IsNaN(o), 0, o)``: for finite q, k, v a NaN output row is exactly a
+fully masked row, so the result is the same (0 there) for any mask.
+
+``fuse_site`` puts a fused op in place of the site: its output replaces ``o``, its present
+outputs replace the concatenated caches for every consumer outside the attention (renaming
+graph outputs so that the I/O stays identical), and ``finish`` sorts the graph and drops the
+dead nodes.
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ from qgraph.passes._rewrite import (
     rank,
     remove_dead,
     same_dim,
+    same_shape,
     scalar,
     static_dim,
     take_over,
@@ -58,6 +72,14 @@ class Attention:
     out: ir.Value
     out_bsd: bool
     core: set[ir.Node] = field(default_factory=set)
+    k_bshd: ir.Value | None = None
+    """The [B,S,H,D] keys when they reach attention through one Transpose(perm=[0,2,3,1])
+    (``k_new``/``k_total`` are then a shape-only [B,H,S,D] stand-in)."""
+    k_bnsh: ir.Value | None = None
+    """Keys as attention reads them, [B,H,L,D] after any repeat_kv (None for ``k_bshd``)."""
+    v_bnsh: ir.Value | None = None
+    nan_zero: ir.Value | None = None
+    """The 0 of a ``Where(IsNaN(p), 0, p)`` guard after the Softmax, re-applied to the output."""
     _bsd: tuple[ir.Value, ir.Value, ir.Value] | None = None
 
     def batch1_only(self) -> bool:
@@ -67,9 +89,12 @@ class Attention:
     def bsd_inputs(self, b: Builder) -> tuple[ir.Value, ir.Value, ir.Value]:
         """q, k, v as [B,S,H*D] (built once)."""
         if self._bsd is None:
+            k = self.k_bshd
             self._bsd = (
                 to_bsd(b, self.q, self.heads),
-                to_bsd(b, self.k_new, self.kv_heads),
+                _merge_heads(b, k, self.kv_heads * self.head_dim)
+                if k is not None
+                else to_bsd(b, self.k_new, self.kv_heads),
                 to_bsd(b, self.v_new, self.kv_heads),
             )
         return self._bsd
@@ -143,6 +168,113 @@ def _split_past(total: ir.Value) -> tuple[ir.Value | None, ir.Value]:
     return cat.inputs[0], cat.inputs[1]
 
 
+def _same_dims(a: ir.Value, b: ir.Value, pairs: list[tuple[int, int]]) -> bool:
+    return all(same_dim(a, i, b, j) for i, j in pairs)
+
+
+def _stand_in(x: ir.Value, perm: list[int]) -> ir.Value:
+    """A shape-only value: ``x``'s shape permuted by ``perm``."""
+    return ir.Value(shape=ir.Shape([x.shape[i] for i in perm]), type=x.type)
+
+
+def _keys(kt: ir.Value, core: set[ir.Node]) -> tuple[ir.Value, ir.Value | None, float] | str:
+    """The keys ([B,H,L,D]) behind ``kt`` = k^T ([B,H,D,L]), spelled as one of::
+
+        Transpose(k, [0,1,3,2])
+        Transpose(k4, [0,2,3,1])                          k4 = [B,L,H,D] (TorchScript BERT)
+        Reshape(Transpose(Reshape(k, [B*H,L,D]), [0,2,1]), [B,H,D,L])    (dynamo SDPA)
+
+    Returns (k, k4 or None, scale factor peeled below the transpose): k is a shape-only
+    stand-in for the second spelling. The reshapes are proven by their output shapes.
+    """
+    tr = producer(kt, "Transpose")
+    if tr is not None and ints_attr(tr, "perm") == [0, 1, 3, 2]:
+        core.add(tr)
+        k, f = _scale(tr.inputs[0], core)
+        return k, None, f
+    if tr is not None and ints_attr(tr, "perm") == [0, 2, 3, 1] and rank(tr.inputs[0]) == 4:
+        core.add(tr)
+        k4, f = _scale(tr.inputs[0], core)
+        if rank(k4) != 4:
+            return "keys are not transposed on the last two axes"
+        return _stand_in(k4, [0, 2, 1, 3]), k4, f
+    r2 = producer(kt, "Reshape")
+    t = producer(r2.inputs[0], "Transpose") if r2 is not None else None
+    r1 = (
+        producer(t.inputs[0], "Reshape")
+        if t is not None and ints_attr(t, "perm") == [0, 2, 1]
+        else None
+    )
+    if r1 is None:
+        return "keys are not transposed on the last two axes"
+    k, f = _scale(r1.inputs[0], set())
+    flat, back = r1.outputs[0], r2.outputs[0]
+    if not (
+        rank(k) == 4
+        and rank(flat) == 3
+        and rank(back) == 4
+        and _same_dims(flat, k, [(1, 2), (2, 3)])
+        and _same_dims(back, k, [(0, 0), (1, 1), (2, 3), (3, 2)])
+    ):
+        return "keys are not provably transposed through reshapes"
+    core.update((r2, t, r1))
+    _scale(r1.inputs[0], core)
+    return k, None, f
+
+
+def _nan_guard(sm: ir.Node) -> tuple[ir.Node, ir.Node, ir.Value] | None:
+    """``Where(IsNaN(p), 0, p)`` on the probabilities (TorchScript and dynamo SDPA):
+    (IsNaN, Where, the 0) when the Softmax output feeds exactly that."""
+    p = sm.outputs[0]
+    users = {u.op_type: u for u, _ in p.uses() if u.domain in ("", "ai.onnx")}
+    isnan, where = users.get("IsNaN"), users.get("Where")
+    if len(p.uses()) != 2 or isnan is None or where is None or p.is_graph_output():
+        return None
+    zero = where.inputs[1]
+    if list(where.inputs) != [isnan.outputs[0], zero, p] or scalar(zero) != 0.0:
+        return None
+    if len(isnan.outputs[0].uses()) != 1 or isnan.outputs[0].is_graph_output():
+        return None
+    return isnan, where, zero
+
+
+def _absorb_shape_reads(core: set[ir.Node], limit: int = 16) -> None:
+    """Add to ``core`` the Shape nodes reading its values whose results flow only into ``core``
+    (TorchScript's SDPA lowering reads q/v/p@v shapes to build an identity Reshape): they die
+    with the site."""
+    for node in list(core):
+        for o in node.outputs:
+            for user, _ in list(o.uses()):
+                if user in core or user.op_type != "Shape":
+                    continue
+                cone, stack = set(), [user]
+                while stack and len(cone) <= limit:
+                    n = stack.pop()
+                    if n in cone or n in core:
+                        continue
+                    cone.add(n)
+                    if any(v.is_graph_output() for v in n.outputs):
+                        cone.add(node)  # poison: a graph output is not core
+                        break
+                    stack.extend(u for v in n.outputs for u, _ in v.uses())
+                if len(cone) <= limit and node not in cone:
+                    core |= cone
+
+
+def _skip_identity_reshape(v: ir.Value, core: set[ir.Node]) -> ir.Value:
+    """``v`` through a Reshape whose output provably has ``v``'s shape (TorchScript's SDPA
+    lowering reshapes p @ v to [B,-1,S,D] from shapes it reads); ``v``'s other readers must be
+    Shape nodes (``_absorb_shape_reads`` checks where they lead)."""
+    users = [u for u, _ in v.uses()]
+    reshapes = [u for u in users if u.op_type == "Reshape" and u.inputs[0] is v]
+    if len(reshapes) != 1 or v.is_graph_output() or not same_shape(reshapes[0].outputs[0], v):
+        return v
+    if any(u is not reshapes[0] and u.op_type != "Shape" for u in users):
+        return v
+    core.add(reshapes[0])
+    return reshapes[0].outputs[0]
+
+
 def match(sm: ir.Node) -> Attention | str:
     """The attention site around Softmax ``sm``, or why there is none."""
     if not is_last_axis(int_attr(sm, "axis", -1), rank(sm.inputs[0])):
@@ -161,18 +293,21 @@ def match(sm: ir.Node) -> Attention | str:
     core.add(mm)
     q, f1 = _scale(mm.inputs[0], core)
     kt, f2 = _scale(mm.inputs[1], core)
-    tr = producer(kt, "Transpose")
-    if tr is None or ints_attr(tr, "perm") != [0, 1, 3, 2]:
-        return "keys are not transposed on the last two axes"
-    core.add(tr)
-    kr, f3 = _scale(tr.inputs[0], core)
-    k_total, n_rep = _unrepeat(kr, core)
-    pv = _sole_user(sm.outputs[0], "MatMul")
-    if pv is None or pv.inputs[0] is not sm.outputs[0]:
+    keys = _keys(kt, core)
+    if isinstance(keys, str):
+        return keys
+    kr, k_bshd, f3 = keys
+    k_total, n_rep = _unrepeat(kr, core) if k_bshd is None else (kr, 1)
+    p, nan_zero = sm.outputs[0], None
+    if (guard := _nan_guard(sm)) is not None:
+        core.update(guard[:2])
+        p, nan_zero = guard[1].outputs[0], guard[2]
+    pv = _sole_user(p, "MatMul")
+    if pv is None or pv.inputs[0] is not p:
         return "probabilities do not feed a single p @ v"
     core.add(pv)
     v_total, n_rep_v = _unrepeat(pv.inputs[1], core)
-    back = _sole_user(pv.outputs[0], "Transpose")
+    back = _sole_user(_skip_identity_reshape(pv.outputs[0], core), "Transpose")
     if back is None or ints_attr(back, "perm") != [0, 2, 1, 3]:
         return "output is not transposed back to [B,S,H,D]"
     core.add(back)
@@ -196,6 +331,7 @@ def match(sm: ir.Node) -> Attention | str:
         return "head sizes of q, k and v differ"
     if not all(static_dim(t, 1) == kv_heads for t in (v_new, past_k, past_v) if t is not None):
         return "head counts of the caches differ"
+    _absorb_shape_reads(core)
     for node in core:
         for o in node.outputs:
             if o is not out and (o.is_graph_output() or any(u not in core for u, _ in o.uses())):
@@ -203,7 +339,7 @@ def match(sm: ir.Node) -> Attention | str:
     scale *= f1 * f2 * f3
     return Attention(
         q, k_new, v_new, past_k, past_v, k_total, v_total, heads, kv_heads, head_dim, scale,
-        mask, out, out_bsd, core,
+        mask, out, out_bsd, core, k_bshd, kr if k_bshd is None else None, pv.inputs[1], nan_zero,
     )  # fmt: skip
 
 
@@ -303,6 +439,8 @@ def fuse_site(
     presents: tuple[ir.Value, ir.Value] | None = None,
 ) -> None:
     """Insert ``b``'s nodes before the site's output and rewire consumers to the fused op."""
+    if site.nan_zero is not None:
+        out = b.one("Where", [b.one("IsNaN", [out]), site.nan_zero, out])
     if not site.out_bsd:
         out = b.one("Reshape", [out, b.ints([0, 0, site.heads, site.head_dim])])
     keep = site.core | set(b.nodes)

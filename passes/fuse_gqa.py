@@ -23,7 +23,10 @@ The mask must be causal (bottom-right aligned): it is evaluated (once per mask t
 ONNX's reference evaluator for two sets of dimension sizes, and may depend on input shapes
 only. Without a mask, the site must have exactly one query (a decode step).
 
-Does not fire (``skipped:<reason>``): non-causal or value-dependent masks (padding masks);
+Does not fire (``skipped:<reason>``): non-causal or value-dependent masks (padding masks: a
+2-D ``attention_mask`` could map to ``seqlens_k`` only if its ones were a prefix of each row,
+i.e. right padding, which the graph cannot prove for arbitrary input values; ``fuse-mha``
+takes these sites exactly, with the mask as ``attention_bias``);
 no mask with several queries; query/key lengths differ (cross-attention); a past cache with
 several queries unless batch is 1 (an ORT kernel limit); heads or head size not static;
 attention internals used elsewhere; softmax not on the last axis.

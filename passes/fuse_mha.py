@@ -11,12 +11,21 @@ Rewrite (per Softmax; q, k, v in [B,H,S,D] / [B,H,L,D])::
 projections' outputs), so the fused op reads them without a copy. The additive mask becomes
 ``attention_bias``: used as is when it is already [B|1, H|1, S, L], else expanded once per
 mask tensor to that shape (a key-padding mask [B,1,1,L] becomes [B,1,S,L]), so masking is
-bit-for-bit the same additive bias as before. This is the encoder's windowed self-attention.
+bit-for-bit the same additive bias as before, whatever the mask's values: BERT's extended mask
+``(1 - mask) * min``, SDPA's ``Where(keep, 0, -inf)``, the Hugging Face decoder's 4-D
+causal + padding mask built from a 2-D ``attention_mask`` (left or right padding alike). This is
+the encoder's windowed self-attention, and the padded decoder attention ``fuse-gqa`` refuses.
 
-Does not fire (``skipped:<reason>``): grouped KV heads or a past-cache concat (``fuse-gqa``'s
-sites); a mask that is not rank 4 or whose head axis is neither 1 nor H; the general matcher's
+Grouped heads (repeat_kv, no cache): the keys/values attention reads, repeat_kv's [B,H,L,D]
+outputs, go in as they are (MultiHeadAttention's BNSH key/value), q as [B,S,H*D]. The other
+spellings of q @ k^T and the SDPA guards are ``_attention``'s.
+
+Does not fire (``skipped:<reason>``): a past-cache concat (``fuse-gqa``'s sites); grouped KV
+heads whose repeated keys/values are not [B,H,L,D] with the query's heads and head size;
+a mask that is not rank 4 or whose head axis is neither 1 nor H; the general matcher's
 reasons (heads or head size not static, internals used elsewhere, softmax not on the last
-axis). Causal decoder attention is left to ``fuse-gqa`` when both run (it runs first).
+axis, keys not provably transposed). Causal decoder attention is left to ``fuse-gqa`` when
+both run (it runs first).
 Scope: the main graph.
 """
 
@@ -25,14 +34,30 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from qgraph.pass_api import GraphPass, Tolerance
-from qgraph.passes._attention import Attention, find_sites, finish, fuse_site
+from qgraph.passes._attention import Attention, find_sites, finish, fuse_site, to_bsd
 from qgraph.passes._rewrite import MS, Builder, rank, same_dim, static_dim, static_dims
+
+
+def _bnsh(site: Attention) -> bool:
+    """True when the keys/values attention reads (repeat_kv's outputs) are [B,H,L,D] with the
+    query's head count and size, so MultiHeadAttention can take them as they are (BNSH)."""
+    k, v = site.k_bnsh, site.v_bnsh
+    return (
+        k is not None
+        and v is not None
+        and all(
+            static_dim(t, 1) == site.heads and static_dim(t, 3) == site.head_dim for t in (k, v)
+        )
+        and same_dim(k, 2, v, 2)
+        and same_dim(k, 0, site.q, 0)
+        and same_dim(v, 0, site.q, 0)
+    )
 
 
 def _refusal(site: Attention) -> str | None:
     if site.past_k is not None:
         return "past key/value cache (fuse-gqa's case)"
-    if site.kv_heads != site.heads:
+    if site.kv_heads != site.heads and not _bnsh(site):
         return "grouped KV heads (fuse-gqa's case)"
     mask = site.mask
     if mask is not None and (rank(mask) != 4 or static_dim(mask, 1) not in (1, site.heads)):
@@ -45,14 +70,14 @@ def _seq_view(v: ir.Value) -> ir.Value:
     return ir.Value(shape=ir.Shape([None, v.shape[2]]) if rank(v) == 4 else None)
 
 
-def _bias(b: Builder, site: Attention, cache: dict) -> ir.Value | None:
+def _bias(b: Builder, site: Attention, cache: dict, q: ir.Value, k: ir.Value) -> ir.Value | None:
+    """The mask as [B|1, H|1, S, L] (q: [B,S,H*D]; k: [B,L,H*D] or [B,H,L,D])."""
     mask = site.mask
     if mask is None:
         return None
     if same_dim(mask, 2, site.q, 2) and same_dim(mask, 3, site.k_total, 2):
         return mask
     if mask not in cache:
-        q, k, _ = site.bsd_inputs(b)
         lead, s, t = static_dims(mask, 0, 2), static_dim(site.q, 2), static_dim(site.k_total, 2)
         if lead is not None and s is not None and t is not None:
             shape = b.ints([*lead, s, t])
@@ -60,7 +85,9 @@ def _bias(b: Builder, site: Attention, cache: dict) -> ir.Value | None:
             parts = [
                 b.shape(mask, 0, 2),
                 b.shape(q, 1, 2, known=_seq_view(site.q)),
-                b.shape(k, 1, 2, known=_seq_view(site.k_total)),
+                b.shape(k, 2, 3)
+                if rank(k) == 4
+                else b.shape(k, 1, 2, known=_seq_view(site.k_total)),
             ]
             shape = b.one("Concat", parts, axis=0)
         cache[mask] = b.one("Expand", [mask, shape])
@@ -86,8 +113,11 @@ class FuseMultiHeadAttention(GraphPass):
         cache: dict = {}
         for site in sites:
             b = Builder()
-            q, k, v = site.bsd_inputs(b)
-            bias = _bias(b, site, cache)
+            if site.kv_heads != site.heads:  # repeated heads, as [B,H,L,D]
+                q, k, v = to_bsd(b, site.q, site.heads), site.k_bnsh, site.v_bnsh
+            else:
+                q, k, v = site.bsd_inputs(b)
+            bias = _bias(b, site, cache, q, k)
             out = b.one(
                 "MultiHeadAttention",
                 [q, k, v, None, None, bias] if bias is not None else [q, k, v],

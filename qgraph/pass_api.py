@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Literal
 
 import onnx_ir as ir
 
+from qgraph import shapes
 from qgraph.errors import PipelineError
 
 
@@ -255,6 +256,17 @@ class GraphPass(QPass, ir.passes.InPlacePass):
     on: tuple[str, ...] = option((), ON_HELP)
     component: ClassVar[str] = ""
     component_role: ClassVar[str] = ""
+
+    def __call__(self, model: ir.Model, /) -> ir.passes.PassResult:
+        """Run the pass; a fusion matches on inferred shapes (``qgraph.shapes``), kept only
+        when it rewrote something."""
+        if self.category != "fusion":
+            return super().__call__(model)
+        with shapes.inferred(model) as prepared:
+            result = super().__call__(model)
+            if not result.modified:
+                prepared.restore()
+        return result
 
     def run_on(self, model: ir.Model, component: str, role: str) -> ir.passes.PassResult:
         """Run on ``model``, the bundle's ``component``, whose role (``qgraph.families``) is

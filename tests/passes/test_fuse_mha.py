@@ -1,5 +1,7 @@
+import numpy as np
 import pytest
 
+from qgraph.instruments import verify
 from qgraph.passes.fuse_mha import FuseMultiHeadAttention
 from qgraph.testing import check_pass, op_types
 
@@ -113,12 +115,86 @@ def test_other_spellings(typed, text):
     assert "Expand" not in op_types(check.after) and "Softmax" not in op_types(check.after)
 
 
-def test_does_not_fire_on_grouped_heads(typed):
-    check = check_pass(FuseMultiHeadAttention(), typed(GROUPED), expect_modified=False)
-    assert check.stats == {"skipped:grouped KV heads (fuse-gqa's case)": 1}
+def test_grouped_heads_with_padding_mask_read_repeated_keys_as_bnsh(typed):
+    """fuse-gqa leaves grouped attention with a key-padding mask: MHA takes the repeated
+    keys/values as [B,H,L,D] and the mask as attention_bias (exact for any mask values)."""
+    check = check_pass(FuseMultiHeadAttention(), typed(GROUPED))
+    mha = next(n for n in check.after.graph if n.op_type == "MultiHeadAttention")
+    assert [i.shape.rank() for i in mha.inputs[1:3]] == [4, 4]
+    assert check.stats == {"fused": 1}
 
 
-def test_tiny_encoder(tiny_component):
-    check = check_pass(FuseMultiHeadAttention(), tiny_component("encoder"), dims={"time": 300})
-    assert check.stats == {"fused": 2}
-    assert "Softmax" not in op_types(check.after)
+def test_does_not_fire_when_only_keys_are_repeated(typed):
+    text = GROUPED.replace("a = MatMul (p, vr)", "a = MatMul (p, v)")
+    check = check_pass(FuseMultiHeadAttention(), typed(text), expect_modified=False)
+    assert check.stats == {"skipped:keys and values are not cached and repeated alike": 1}
+
+
+# -- other exporters' spellings -------------------------------------------------------------------
+BERT_TS_KEYS = ENCODER.replace(
+    "kT = Transpose <perm = [0, 1, 3, 2]> (k)", "kT = Transpose <perm = [0, 2, 3, 1]> (k4)"
+)
+"""TorchScript BERT / Whisper encoder: k.view(B,S,H,D).permute(0,2,3,1)."""
+
+DYNAMO_SDPA = (
+    HEAD.format(rows=1, out="float[2,6,32]").replace("float[2,1,1,6] mask", "bool[2,1,1,6] keep")
+    + project("q")
+    + project("k")
+    + project("v")
+    + """
+    root = Constant <value = float {0.59460356}> ()
+    qs = Mul (q, root)
+    flat = Constant <value = int64[3] {8, 6, 8}> ()
+    kf = Reshape (k, flat)
+    kft = Transpose <perm = [0, 2, 1]> (kf)
+    back = Constant <value = int64[4] {2, 4, 8, 6}> ()
+    kT = Reshape (kft, back)
+    kTs = Mul (kT, root)
+    sc = MatMul (qs, kTs)
+    zero = Constant <value = float {0.0}> ()
+    low = Constant <value = float {-inf}> ()
+    mask = Where (keep, zero, low)
+    msk = Add (sc, mask)
+    p = Softmax <axis = -1> (msk)
+    nan = IsNaN (p)
+    pz = Where (nan, zero, p)
+    a = MatMul (pz, v)
+    at = Transpose <perm = [0, 2, 1, 3]> (a)
+    merge = Constant <value = int64[3] {2, 6, 32}> ()
+    o = Reshape (at, merge)
+}
+"""
+)
+"""dynamo's SDPA lowering: sqrt(scale) on q and k, keys transposed through 3-D reshapes, a
+boolean mask as Where(keep, 0, -inf) and the Where(IsNaN(p), 0, p) guard."""
+
+
+def test_keys_transposed_from_bshd(typed):
+    check = check_pass(FuseMultiHeadAttention(), typed(BERT_TS_KEYS))
+    ops = op_types(check.after)
+    assert ops.count("MultiHeadAttention") == 1 and "Transpose" not in ops
+    assert check.stats == {"fused": 1}
+
+
+def test_dynamo_sdpa_lowering(typed):
+    keep = np.ones((2, 1, 1, 6), bool)
+    keep[1, ..., 4:] = False
+    keep_all_masked = keep.copy()
+    keep_all_masked[0] = False  # a fully masked row: the guard keeps the output 0, not NaN
+    model = typed(DYNAMO_SDPA)
+    for mask in (keep, keep_all_masked):
+        feeds = {**verify.sample_inputs(model), "keep": mask}
+        check = check_pass(FuseMultiHeadAttention(), typed(DYNAMO_SDPA), feeds=feeds)
+        assert check.stats == {"fused": 1}
+    mha = next(n for n in check.after.graph if n.op_type == "MultiHeadAttention")
+    assert mha.attributes["scale"].as_float() == pytest.approx(8**-0.5, rel=1e-6)
+    assert not {"Softmax", "Transpose"} & set(op_types(check.after))
+    assert np.all(check.outputs_after["o"][0] == 0)
+
+
+def test_does_not_fire_when_key_reshapes_are_not_a_transpose(typed):
+    """Reshape -> Transpose([0,2,1]) -> Reshape is k^T only when the flattening keeps [L,D]
+    whole; here it is [B*H, D, L]-shaped, mixing positions and channels."""
+    text = DYNAMO_SDPA.replace("{8, 6, 8}", "{8, 8, 6}")
+    check = check_pass(FuseMultiHeadAttention(), typed(text), expect_modified=False)
+    assert check.stats == {"skipped:keys are not provably transposed through reshapes": 1}
