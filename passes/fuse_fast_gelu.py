@@ -5,6 +5,7 @@ Rewrite::
     c = Pow(x, 3) | x * (x * x)
     u = k * (x + 0.044715 * c)                   # k = sqrt(2/pi) = 0.7978845608
       | k * (x * (1 + 0.044715 * (x * x)))
+      | (x * k) * (1 + 0.044715 * (x * x))       # transformers' gelu_fast
     t = Tanh(u) + 1
     y = x * (0.5 * t)                            # dynamo (F.gelu(approximate="tanh"))
       | (x * t) * 0.5                            # TorchScript
@@ -116,20 +117,44 @@ def _polynomial(value: ir.Value, x: ir.Value, seen: list[ir.Node]) -> bool:
     if mul is None:
         return False
     for p, q in _operand_pairs(mul):
-        inner = _binary(q, "Add") if p is x else None
-        if inner is None:
-            continue
-        for r, s in _operand_pairs(inner):
-            if is_scalar(r, 1.0) and _scaled(s, _CUBIC, _square, x, seen):
-                seen.extend([inner, mul])
-                return True
+        if p is x and _one_plus_square(q, x, seen):
+            seen.append(mul)
+            return True
+    return False
+
+
+def _one_plus_square(value: ir.Value, x: ir.Value, seen: list[ir.Node]) -> bool:
+    """``value`` is 1 + 0.044715 * x^2."""
+    add = _binary(value, "Add")
+    for r, s in _operand_pairs(add) if add is not None else []:
+        if is_scalar(r, 1.0) and _scaled(s, _CUBIC, _square, x, seen):
+            seen.append(add)
+            return True
+    return False
+
+
+def _identity(value: ir.Value, x: ir.Value, seen: list[ir.Node]) -> bool:
+    return value is x
+
+
+def _gelu_fast(value: ir.Value, x: ir.Value, seen: list[ir.Node]) -> bool:
+    """``value`` is (x * sqrt(2/pi)) * (1 + 0.044715 * x^2): transformers' ``gelu_fast``."""
+    mul = _binary(value, "Mul")
+    for p, q in _operand_pairs(mul) if mul is not None else []:
+        mark = len(seen)
+        if _scaled(p, _SQRT_2_PI, _identity, x, seen) and _one_plus_square(q, x, seen):
+            seen.append(mul)
+            return True
+        del seen[mark:]  # a half match leaves no node behind
     return False
 
 
 def tanh_argument_nodes(u: ir.Value, x: ir.Value) -> list[ir.Node] | None:
     """The nodes computing ``u = sqrt(2/pi) * polynomial(x)``, or None if ``u`` is not that."""
     seen: list[ir.Node] = []
-    return seen if _scaled(u, _SQRT_2_PI, _polynomial, x, seen) else None
+    if _scaled(u, _SQRT_2_PI, _polynomial, x, seen) or _gelu_fast(u, x, seen):
+        return seen
+    return None
 
 
 def _bias_add(x: ir.Value, site: set[ir.Node]) -> tuple[ir.Value, ir.Value] | None:

@@ -93,6 +93,27 @@ FACTORED = (
 """
 )
 
+# transformers' gelu_fast: tanh(x * k * (1 + 0.044715 * x * x)), (x * k) grouped first
+GELU_FAST = (
+    HEAD
+    + """
+    a = Constant <value = float {0.7978845608}> ()
+    xa = Mul (x, a)
+    xx = Mul (x, x)
+    k = Constant <value = float {0.044715}> ()
+    kxx = Mul (k, xx)
+    one = Constant <value = float {1.0}> ()
+    p = Add (one, kxx)
+    u = Mul (xa, p)
+    t = Tanh (u)
+    t1 = Add (one, t)
+    half = Constant <value = float {0.5}> ()
+    hx = Mul (half, x)
+    y = Mul (hx, t1)
+}
+"""
+)
+
 ONNX_TANH = """
 <ir_version: 10, opset_import: ["" : 20]>
 g (float[2,5,16] x) => (float[2,5,16] y) {
@@ -124,8 +145,8 @@ DOUBLE = ONNX_TANH.replace("float[", "double[")
 
 @pytest.mark.parametrize(
     "text",
-    [GELU_NEW, DYNAMO, TORCHSCRIPT, FACTORED, ONNX_TANH],
-    ids=["gelu-new", "dynamo", "torchscript", "factored", "onnx-tanh"],
+    [GELU_NEW, DYNAMO, TORCHSCRIPT, FACTORED, GELU_FAST, ONNX_TANH],
+    ids=["gelu-new", "dynamo", "torchscript", "factored", "gelu-fast", "onnx-tanh"],
 )
 def test_fuses_spellings(typed, text):
     check = check_pass(FuseFastGelu(), typed(text))
