@@ -4,8 +4,8 @@ exporter (opset 18, ``optimize=False``) write for Qwen3 (LlamaRMSNorm + q/k norm
 (post-LN, tanh GELU ``gelu_new``) and the Whisper encoder (pre-LN, ``gelu_pytorch_tanh``).
 
 Each export runs once per test session (``functools.cache``; a few seconds to half a minute);
-``exported(name, exporter)`` returns a fresh copy after the ``hygiene`` passes and ONNX shape
-inference (TorchScript graphs carry no shapes otherwise), and ``feeds(model)`` inputs for it.
+``exported(name, exporter)`` returns a fresh copy after the ``hygiene`` passes (the fusions
+infer the shapes they match on themselves: ``qgraph.shapes``), and ``feeds(model)`` inputs.
 No downloads: the models are built from configs.
 """
 
@@ -18,7 +18,6 @@ import warnings
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx_ir.passes.common import ShapeInferencePass
 
 from qgraph.passes import (
     CommonSubexpressionElimination,
@@ -134,7 +133,7 @@ def _export(name: str, exporter: str) -> bytes:
 
 def exported(name: str, exporter: str) -> ir.Model:
     """A fresh copy of ``name`` (qwen3, bert, whisper) exported by ``exporter`` (torchscript or
-    dynamo), after ``hygiene`` and with inferred shapes."""
+    dynamo), after ``hygiene``."""
     model = ir.from_proto(onnx.load_from_string(_export(name, exporter)))
     for p in (
         FoldConstants(),
@@ -144,7 +143,6 @@ def exported(name: str, exporter: str) -> ir.Model:
         TopologicalSort(),
     ):
         p(model)
-    ShapeInferencePass()(model)
     return model
 
 
