@@ -29,6 +29,7 @@ from qgraph.passes.cse import CommonSubexpressionElimination
 from qgraph.passes.extract_embed_fp16 import ExtractEmbedFp16
 from qgraph.passes.fold_constants import FoldConstants
 from qgraph.passes.fuse_bias_gelu import FuseBiasGelu
+from qgraph.passes.fuse_fast_gelu import FuseFastGelu
 from qgraph.passes.fuse_gelu import FuseGelu
 from qgraph.passes.fuse_gqa import FuseGroupQueryAttention
 from qgraph.passes.fuse_mha import FuseMultiHeadAttention
@@ -74,6 +75,7 @@ BUILTIN_PASSES = [
     FuseSkipLayerNorm,
     FuseGelu,
     FuseBiasGelu,
+    FuseFastGelu,
     FuseRotaryEmbedding,
     FuseGroupQueryAttention,
     FuseMultiHeadAttention,
@@ -98,12 +100,12 @@ BUILTIN_PIPELINES = {
     ),
     "fusions": (
         "fuse-rms-norm,fuse-skip-rms-norm,fuse-skip-layer-norm,fuse-gelu,fuse-bias-gelu,"
-        "fuse-rotary-embedding,fuse-gqa,fuse-mha,fuse-sibling-matmuls,cse,remove-unused,"
-        "topological-sort",
+        "fuse-fast-gelu,fuse-rotary-embedding,fuse-gqa,fuse-mha,fuse-sibling-matmuls,cse,"
+        "remove-unused,topological-sort",
         "ONNX Runtime contrib-op fusions: RMSNorm and LayerNorm with their residual Adds, GELU "
-        "with its bias, rotary embedding, decoder (GQA) and encoder (MHA) attention, then one "
-        "MatMul for the projections that share an input (q/k/v, gate/up); merges the constants "
-        "the rewrites repeat",
+        "(exact and tanh) with its bias, rotary embedding, decoder (GQA) and encoder (MHA) "
+        "attention, then one MatMul for the projections that share an input (q/k/v, gate/up); "
+        "merges the constants the rewrites repeat",
     ),
     "fp32": (
         f"hygiene,fusions,extract-embed-fp16{{dtype=float32}},{_UNTIE},{_SHARE}",

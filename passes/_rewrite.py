@@ -228,18 +228,42 @@ def residual_sum(op, a, b, bias, where: str):
     return op.Add(a, b, _outputs=["s"])
 
 
+def _broadcast_skip(skip: ir.Value, full: ir.Value) -> bool:
+    """``skip`` is a [1,S,H] or [S,H] tensor added to a float/double [B,S,H] one: the broadcast
+    ORT's Skip*Normalization kernels accept (they read the skip at ``offset % skip.size``)."""
+    if rank(full) != 3 or full.dtype not in (ir.DataType.FLOAT, ir.DataType.DOUBLE):
+        return False
+    if rank(skip) == 3 and static_dim(skip, 0) != 1 or rank(skip) not in (2, 3):
+        return False
+    return same_dim(skip, -1, full, -1) and same_dim(skip, -2, full, -2)
+
+
+def residual_operands(a: ir.Value, b: ir.Value) -> tuple[ir.Value, ir.Value] | None:
+    """(input, skip) of a Skip*Normalization for the residual ``a + b``: the two tensors of one
+    provable rank-2/3 shape, or the full [B,S,H] tensor and a skip broadcast over the batch."""
+    if rank(a) in (2, 3) and same_shape(a, b):
+        return a, b
+    if _broadcast_skip(b, a):
+        return a, b
+    if _broadcast_skip(a, b):
+        return b, a
+    return None
+
+
 def check_residual(a, b, gamma, bias, y) -> pattern.MatchResult | bool:
     """Shape and type conditions shared by the Skip*Normalization fusions."""
-    if rank(a) not in (2, 3) or not same_shape(a, b):
-        return fail("residual operands are not rank-2/3 tensors of one shape")
-    width = static_dim(a, -1)
+    operands = residual_operands(a, b)
+    if operands is None:
+        return fail("residual operands are neither one rank-2/3 shape nor [B,S,H] + [1,S,H]")
+    full = operands[0]
+    width = static_dim(full, -1)
     for vec in (gamma, bias):
         if vec is not None and (rank(vec) != 1 or width is None or static_dim(vec, 0) != width):
             return fail("gamma or bias is not 1-D over the hidden axis")
     norm = y.producer()
     if int_attr(norm, "stash_type", 1) != 1:
         return fail("norm does not stash in float")
-    if not is_last_axis(int_attr(norm, "axis", -1), rank(a)):
+    if not is_last_axis(int_attr(norm, "axis", -1), rank(full)):
         return fail("norm is not over the last axis")
     if any(len(out.uses()) or out.is_graph_output() for out in norm.outputs[1:]):
         return fail("norm statistics are used")

@@ -10,8 +10,9 @@ This is the MatMul + bias + GELU of a transformer FFN (and of a projector MLP).
 
 Does not fire (``skipped:<reason>``): ``bias`` is not a 1-D tensor as long as the last axis of
 ``a`` (a full-tensor Add, or a broadcast along another axis); ``a`` has rank < 2 or its last
-axis is not static; ONNX Gelu with ``approximate="tanh"``. A Gelu with no Add in front (after
-a Conv, whose bias is inside the Conv) stays a plain Gelu.
+axis is not static; ONNX Gelu with ``approximate="tanh"`` (``fuse-fast-gelu`` then folds the
+bias into ``FastGelu``). A Gelu with no Add in front (after a Conv, whose bias is inside the
+Conv) stays a plain Gelu.
 Scope: the main graph. Needs ``fuse-gelu`` first for decomposed erf chains (ordering: after
 ``fuse-gelu``).
 """

@@ -13,8 +13,8 @@ Every commutation of the Adds and Muls is accepted; constants may be scalars of 
 one element (0.5, 1 and sqrt(2) to 1e-4 relative).
 
 Does not fire (``skipped:<reason>``): a constant is not 0.5, 1 or sqrt(2) (a scaled or shifted
-variant). The tanh approximation (``FastGelu``'s math) and ONNX ``Gelu`` (opset 20) are left
-alone; ``fuse-bias-gelu`` folds a bias Add in front of either Gelu.
+variant). The tanh approximation is ``fuse-fast-gelu``'s (-> ``FastGelu``) and ONNX ``Gelu``
+(opset 20) is left alone; ``fuse-bias-gelu`` folds a bias Add in front of either Gelu.
 Scope: the main graph.
 """
 

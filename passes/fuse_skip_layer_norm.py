@@ -7,15 +7,20 @@ Rewrite::
   ->
     y, _, _, s = SkipLayerNormalization(a, b, gamma, beta, bias, epsilon)
 
-A projection bias feeding the residual Add (``MatMul + bias``, the usual pre-LN layout) folds
-into the op's ``bias`` input; the sum stays available as the fourth output for the next
-residual.
+A projection bias feeding the residual Add (``MatMul + bias``: the pre-LN layout, and BERT's
+post-LN ``LayerNorm(x + dropout(dense(h)))``) folds into the op's ``bias`` input; the Add's
+operands may come in either order, and the sum stays available as the fourth output where it
+is a graph output or feeds other nodes (the next residual). Whisper's first pre-LN (conv output
+plus the [S,H] positions) fuses as a broadcast skip.
 
-Does not fire (``skipped:<reason>``): ``a`` and ``b`` are not rank-2/3 tensors of one provable
-shape; ``gamma``, ``beta`` or ``bias`` are not 1-D over the hidden axis; the norm is not over
-the last axis, does not stash in float, returns its mean or inverse standard deviation, or
-mixes element types. A LayerNormalization with no residual Add in front (the first pre-LN of a
-stack, or one behind a Reshape/Slice) stays as it is.
+Does not fire (``skipped:<reason>``): ``a`` and ``b`` are neither rank-2/3 tensors of one
+provable shape (same ints or same named symbols, as shape inference leaves them) nor a
+float/double [B,S,H] tensor and a [S,H] or [1,S,H] one (the broadcast ORT's kernel does: the
+full tensor becomes ``input``, the other ``skip``), e.g. a residual broadcast along the sequence
+or shapes not provably equal; ``gamma``, ``beta`` or ``bias`` are not 1-D over the hidden axis;
+the norm is not over the last axis, does not stash in float, returns its mean or inverse
+standard deviation, or mixes element types. A LayerNormalization with no residual Add in front
+(the first pre-LN of a stack, or one behind a Reshape/Slice) stays as it is.
 Scope: the main graph.
 """
 
@@ -23,7 +28,15 @@ from __future__ import annotations
 
 from onnxscript.rewriter import pattern
 
-from qgraph.passes._rewrite import MS, RulePass, check_residual, fail, rank, residual_sum
+from qgraph.passes._rewrite import (
+    MS,
+    RulePass,
+    check_residual,
+    fail,
+    rank,
+    residual_operands,
+    residual_sum,
+)
 
 
 class _SkipLayerNorm(pattern.RewriteRuleClassBase):
@@ -44,7 +57,7 @@ class _SkipLayerNorm(pattern.RewriteRuleClassBase):
 
     def rewrite(self, op, a, b, gamma, y, beta=None, bias=None, **_):
         eps = y.producer().attributes.get("epsilon")
-        inputs = [a, b, gamma, beta, bias]
+        inputs = [*residual_operands(a, b), gamma, beta, bias]
         while inputs[-1] is None:
             inputs.pop()
         out, _, _, s = op.SkipLayerNormalization(

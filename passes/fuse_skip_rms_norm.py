@@ -8,12 +8,16 @@ Rewrite::
   ->
     y, _, _, s = SkipSimplifiedLayerNormalization(a, b, gamma[, bias], epsilon)
 
-The sum ``s`` stays available (the op's fourth output) for the next residual Add.
+The Add's operands may come in either order; the sum ``s`` stays available (the op's fourth
+output) where it is a graph output or feeds other nodes (the next residual Add).
 
-Does not fire (``skipped:<reason>``): ``a`` and ``b`` are not rank-2/3 tensors of one provable
-shape (a broadcasting residual); ``gamma`` or ``bias`` is not 1-D over the hidden axis; the
-norm is not over the last axis, stashes in a type other than float, returns its inverse
-standard deviation, or mixes element types (the contrib op has one type for all tensors).
+Does not fire (``skipped:<reason>``): ``a`` and ``b`` are neither rank-2/3 tensors of one
+provable shape (same ints or same named symbols, as shape inference leaves them) nor a
+float/double [B,S,H] tensor and a [S,H] or [1,S,H] one (the broadcast ORT's kernel does: the
+full tensor becomes ``input``, the other ``skip``), e.g. a residual broadcast along the sequence
+or shapes not provably equal; ``gamma`` or ``bias`` is not 1-D over the hidden axis; the norm is
+not over the last axis, stashes in a type other than float, returns its inverse standard
+deviation, or mixes element types (the contrib op has one type for all tensors).
 Scope: the main graph. Needs ``fuse-rms-norm`` first for decomposed RMSNorm chains.
 """
 
@@ -21,7 +25,13 @@ from __future__ import annotations
 
 from onnxscript.rewriter import pattern
 
-from qgraph.passes._rewrite import MS, RulePass, check_residual, residual_sum
+from qgraph.passes._rewrite import (
+    MS,
+    RulePass,
+    check_residual,
+    residual_operands,
+    residual_sum,
+)
 
 
 class _SkipRmsNorm(pattern.RewriteRuleClassBase):
@@ -39,7 +49,7 @@ class _SkipRmsNorm(pattern.RewriteRuleClassBase):
 
     def rewrite(self, op, a, b, gamma, y, bias=None, **_):
         eps = y.producer().attributes.get("epsilon")
-        inputs = [a, b, gamma] + ([bias] if bias is not None else [])
+        inputs = [*residual_operands(a, b), gamma] + ([bias] if bias is not None else [])
         out, _, _, s = op.SkipSimplifiedLayerNormalization(
             *inputs,
             epsilon=eps.as_float() if eps is not None else 1e-5,

@@ -2,6 +2,7 @@ import pytest
 
 from qgraph.passes.fuse_skip_layer_norm import FuseSkipLayerNorm
 from qgraph.testing import check_pass, op_types
+from tests.passes.norm_exports import exported, feeds
 
 PRE_LN = """
 <ir_version: 10, opset_import: ["" : 18]>
@@ -32,6 +33,28 @@ g (float[10,16] x, float[10,16] p, float[16] bias, float[16] g, float[16] b) => 
 }
 """
 
+# BERT-style post-LN with the dense bias, the residual first, a symbolic sequence axis
+POST_LN_SYMBOLIC = """
+<ir_version: 10, opset_import: ["" : 18]>
+g (float[batch,seq,16] x, float[batch,seq,32] h, float[32,16] w, float[16] bias, float[16] g,
+   float[16] b) => (float[batch,seq,16] y) {
+    m = MatMul (h, w)
+    proj = Add (bias, m)
+    r = Add (x, proj)
+    y = LayerNormalization <axis = -1, epsilon = 1e-12> (r, g, b)
+}
+"""
+
+# Whisper's first pre-LN: positions [S,H] added to the conv output [B,S,H]; the sum is the residual
+POSITIONS = """
+<ir_version: 10, opset_import: ["" : 18]>
+g (float[batch,16,8] c, float[16,8] pos, float[8] g, float[8] b) => (float[batch,16,8] z) {
+    r = Add (c, pos)
+    y = LayerNormalization <axis = -1, epsilon = 1e-5> (r, g, b)
+    z = Add (r, y)
+}
+"""
+
 OVER_TWO_AXES = PRE_LN.replace("axis = -1", "axis = 1").replace(
     "float[16] g, float[16] b", "float[5,16] g, float[5,16] b"
 )
@@ -54,6 +77,22 @@ def test_other_spellings(typed, text):
     assert op_types(check.after).count("SkipLayerNormalization") == 1
 
 
+def test_post_ln_with_symbolic_shapes(typed):
+    check = check_pass(FuseSkipLayerNorm(), typed(POST_LN_SYMBOLIC))
+    assert op_types(check.after) == ["MatMul", "SkipLayerNormalization"]
+    node = check.after.graph.node(1)
+    assert {v.name for v in node.inputs[:2]} == {"x", "m"}
+    assert [v.name for v in node.inputs[2:]] == ["g", "b", "bias"]
+
+
+def test_positions_broadcast_over_the_batch(typed):
+    check = check_pass(FuseSkipLayerNorm(), typed(POSITIONS), dims={"batch": 3})
+    node = check.after.graph.node(0)
+    assert node.op_type == "SkipLayerNormalization"
+    assert [v.name for v in node.inputs] == ["c", "pos", "g", "b"]
+    assert op_types(check.after) == ["SkipLayerNormalization", "Add"]
+
+
 def test_does_not_fire_on_multi_axis_norm(typed):
     check = check_pass(FuseSkipLayerNorm(), typed(OVER_TWO_AXES), expect_modified=False)
     assert check.stats == {"skipped:gamma or bias is not 1-D over the hidden axis": 1}
@@ -68,3 +107,25 @@ def test_tiny_encoder(tiny_component):
 
 def test_tiny_decoder_has_no_layer_norm(tiny_component):
     check_pass(FuseSkipLayerNorm(), tiny_component("decoder_step"), expect_modified=False)
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_hf_bert_post_ln(exporter):
+    """2 layers x (attention output, FFN output) post-LNs, dense bias folded in; the embedding
+    sum's LayerNorm stays (positions [1, Min(64, seq), H]: not provably the sequence length)."""
+    model = exported("bert", exporter)
+    check = check_pass(FuseSkipLayerNorm(), model, feeds=feeds(model))
+    assert check.stats["fused"] == 4
+    assert op_types(check.after).count("LayerNormalization") == 1
+    fused = [n for n in check.after.graph if n.op_type == "SkipLayerNormalization"]
+    assert all(len(n.inputs) == 5 for n in fused)  # gamma, beta and the dense bias
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_hf_whisper_encoder_pre_ln(exporter):
+    """The first pre-LN (conv output + positions, broadcast over the batch), 3 more residual
+    pre-LNs and the final layer_norm: every LayerNorm of the encoder."""
+    model = exported("whisper", exporter)
+    check = check_pass(FuseSkipLayerNorm(), model, feeds=feeds(model))
+    assert check.stats == {"fused": 5}
+    assert "LayerNormalization" not in op_types(check.after)

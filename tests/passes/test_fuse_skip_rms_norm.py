@@ -3,6 +3,7 @@ import pytest
 from qgraph.passes.fuse_rms_norm import FuseRmsNorm
 from qgraph.passes.fuse_skip_rms_norm import FuseSkipRmsNorm
 from qgraph.testing import check_pass, op_types
+from tests.passes.norm_exports import exported, feeds
 
 RMS = """
     two = Constant <value = float {2.0}> ()
@@ -38,7 +39,17 @@ g (float[10,16] a, float[10,16] b, float[16] g) => (float[10,16] y, float[10,16]
 }
 """
 
-BROADCAST = RESIDUAL_OUT.replace("float[2,5,16] b", "float[5,16] b")
+BROADCAST_SKIP = RESIDUAL_OUT.replace("float[2,5,16] b", "float[5,16] b")
+# the broadcast operand first, with a batch axis of 1: it becomes the op's skip
+BROADCAST_FIRST = RESIDUAL_OUT.replace("float[2,5,16] a", "float[1,5,16] a")
+OVER_SEQUENCE = RESIDUAL_OUT.replace("float[2,5,16] b", "float[2,1,16] b")
+SYMBOLIC = RESIDUAL_OUT.replace("float[2,5,16]", "float[batch,seq,16]")
+OTHER_SYMBOL = SYMBOLIC.replace("float[batch,seq,16] b", "float[batch,other,16] b")
+FP16_BROADCAST = (
+    OPSET23.replace("float[10,16] b", "float[5,16] b")
+    .replace("[10,16]", "[2,5,16]")
+    .replace("float[", "float16[")
+)
 
 
 def test_residual_sum_stays_a_graph_output(typed):
@@ -63,10 +74,32 @@ def test_opset23_rms_normalization(typed):
     assert check.after.graph.node(0).attributes["epsilon"].as_float() == pytest.approx(1e-5)
 
 
-def test_does_not_fire_on_broadcast_residual(typed):
-    model = FuseRmsNorm()(typed(BROADCAST)).model
-    check = check_pass(FuseSkipRmsNorm(), model, expect_modified=False)
-    assert check.stats == {"skipped:residual operands are not rank-2/3 tensors of one shape": 1}
+@pytest.mark.parametrize(
+    ("text", "skip"),
+    [(BROADCAST_SKIP, "b"), (BROADCAST_FIRST, "a"), (SYMBOLIC, "b")],
+    ids=["skip-over-batch", "broadcast-first", "symbolic"],
+)
+def test_residual_shapes(typed, text, skip):
+    """One provable shape (symbols included), or a [S,H] / [1,S,H] skip, which ORT broadcasts
+    over the batch; the full-shape operand becomes the op's input."""
+    model = FuseRmsNorm()(typed(text)).model
+    check = check_pass(FuseSkipRmsNorm(), model)
+    node = check.after.graph.node(0)
+    assert node.op_type == "SkipSimplifiedLayerNormalization"
+    assert node.inputs[1].name == skip and node.inputs[0].name == ("a" if skip == "b" else "b")
+    assert [v.name for v in check.after.graph.outputs] == ["y", "s"]
+
+
+REFUSED_SHAPES = "skipped:residual operands are neither one rank-2/3 shape nor [B,S,H] + [1,S,H]"
+
+
+@pytest.mark.parametrize(
+    "text", [OVER_SEQUENCE, OTHER_SYMBOL, FP16_BROADCAST], ids=["over-seq", "other-symbol", "fp16"]
+)
+def test_does_not_fire_on_other_broadcasts(typed, text):
+    """A broadcast the kernel does not do, shapes not provably equal, a broadcast in float16."""
+    check = check_pass(FuseSkipRmsNorm(), FuseRmsNorm()(typed(text)).model, expect_modified=False)
+    assert check.stats == {REFUSED_SHAPES: 1}
 
 
 @pytest.mark.parametrize("component", ["decoder_init", "decoder_step"])
@@ -75,3 +108,15 @@ def test_tiny_decoders(tiny_component, component):
     check = check_pass(FuseSkipRmsNorm(), tiny_component(component, FuseRmsNorm()))
     assert check.stats == {"fused": 4}
     assert op_types(check.after).count("SimplifiedLayerNormalization") == 5
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_hf_qwen3_exports(exporter):
+    """Post-attention and next input norm of 2 layers, the final norm after the last residual;
+    the residual sums also feed the next residual Add (the op's fourth output)."""
+    model = FuseRmsNorm()(exported("qwen3", exporter)).model
+    check = check_pass(FuseSkipRmsNorm(), model, feeds=feeds(model))
+    assert check.stats == {"fused": 4}
+    ops = op_types(check.after)
+    assert ops.count("SkipSimplifiedLayerNormalization") == 4
+    assert ops.count("SimplifiedLayerNormalization") == 5  # first input norm, 4 q/k norms

@@ -35,8 +35,7 @@ from tests.export.whisper_bundles import tiny_whisper
 
 _TS = "TorchScript graph without shape information (issue class 1)"
 _SDPA = "dynamo SDPA lowering: sqrt(scale) on q and k, keys via Reshape-Transpose-Reshape (class 2)"
-_EMB = "embedding sum + LayerNorm (position table or token types) not fused"
-_TANH = "tanh GELU -> FastGelu: no pass yet (class 5)"
+_EMB = "embedding sum + LayerNorm: the positions' shape is not provably [1,S,H] or [S,H]"
 _WDEC = "Whisper decoder self-attention with cache / cross-attention: no pass yet (class 2)"
 XFAIL: dict[tuple[str, str], str] = {
     # (case, kind): why it is not fused yet -- the measured count (fused/expected) in the comment
@@ -46,35 +45,21 @@ XFAIL: dict[tuple[str, str], str] = {
     ("qwen3/torchscript17", "attention-decoder"): _TS,  # 0/2
     ("qwen3/dynamo18", "attention-decoder"): _SDPA,  # 0/2
     ("qwen3/dynamo18-opt", "attention-decoder"): _SDPA,  # 0/2
-    ("bert/torchscript17", "skip-layer-norm"): _TS,  # 0/5
+    ("bert/torchscript17", "skip-layer-norm"): _EMB,  # 4/5
     ("bert/torchscript17", "attention-encoder"): _TS,  # 0/2
     ("bert/dynamo18", "skip-layer-norm"): _EMB,  # 4/5
     ("bert/dynamo18-opt", "skip-layer-norm"): _EMB,  # 4/5
-    ("bert_tanh/torchscript17", "skip-layer-norm"): _TS,  # 0/5
-    ("bert_tanh/torchscript17", "fast-gelu"): _TANH,  # 0/2
+    ("bert_tanh/torchscript17", "skip-layer-norm"): _EMB,  # 4/5
     ("bert_tanh/torchscript17", "attention-encoder"): _TS,  # 0/2
     ("bert_tanh/dynamo18", "skip-layer-norm"): _EMB,  # 4/5
-    ("bert_tanh/dynamo18", "fast-gelu"): _TANH,  # 0/2
     ("bert_tanh/dynamo18-opt", "skip-layer-norm"): _EMB,  # 4/5
-    ("bert_tanh/dynamo18-opt", "fast-gelu"): _TANH,  # 0/2
-    ("whisper_encoder/torchscript17", "skip-layer-norm"): _TS,  # 0/5
-    ("whisper_encoder/dynamo18", "skip-layer-norm"): _EMB,  # 4/5
-    ("whisper_encoder/dynamo18-opt", "skip-layer-norm"): _EMB,  # 4/5
-    ("whisper_decoder/torchscript17", "skip-layer-norm"): _TS,  # 0/7
+    ("whisper_decoder/torchscript17", "skip-layer-norm"): _EMB,  # 6/7
     ("whisper_decoder/torchscript17", "attention-decoder"): _WDEC,  # 0/2
     ("whisper_decoder/torchscript17", "attention-cross"): _WDEC,  # 0/2
     ("whisper_decoder/dynamo18", "attention-decoder"): _WDEC,  # 0/2
     ("whisper_decoder/dynamo18-opt", "attention-decoder"): _WDEC,  # 0/2
-    ("hand/rms-pow", "rms-norm"): "rsqrt as Pow(x, -0.5) (class 4)",  # 0/1
-    ("hand/rms-weight-first", "rms-norm"): "weight multiplied in first (class 4)",  # 0/1
-    ("hand/gelu-tanh-pow", "fast-gelu"): "tanh GELU (class 5)",  # 0/1
-    ("hand/gelu-tanh-cube", "fast-gelu"): "tanh GELU, x*x*x (class 5)",  # 0/1
-    ("hand/gelu-tanh-fast", "fast-gelu"): "tanh GELU, gelu_fast spelling (class 5)",  # 0/1
-    ("hand/gelu-tanh-bias", "fast-gelu"): "tanh GELU with bias (class 5)",  # 0/1
     ("hand/attention-sdpa-lowering", "attention-encoder"): _SDPA,  # 0/1
     ("hand/attention-decoder-mask", "attention-decoder"): "2-D attention_mask (class 2)",  # 0/1
-    ("whisper/encoder_model", "skip-layer-norm"): _EMB,  # 4/5
-    ("whisper/decoder_model_merged", "skip-layer-norm"): _EMB,  # 12/14
     ("whisper/decoder_model_merged", "attention-decoder"): _WDEC,  # 0/4
     ("whisper/decoder_model_merged", "attention-cross"): _WDEC,  # 0/4
 }
