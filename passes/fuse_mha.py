@@ -17,11 +17,17 @@ causal + padding mask built from a 2-D ``attention_mask`` (left or right padding
 the encoder's windowed self-attention, and the padded decoder attention ``fuse-gqa`` refuses.
 
 Grouped heads (repeat_kv, no cache): the keys/values attention reads, repeat_kv's [B,H,L,D]
-outputs, go in as they are (MultiHeadAttention's BNSH key/value), q as [B,S,H*D]. The other
-spellings of q @ k^T and the SDPA guards are ``_attention``'s.
+outputs, go in as they are (MultiHeadAttention's BNSH key/value), q as [B,S,H*D].
 
-Does not fire (``skipped:<reason>``): a past-cache concat (``fuse-gqa``'s sites); grouped KV
-heads whose repeated keys/values are not [B,H,L,D] with the query's heads and head size;
+A past cache (``Concat(past, new, axis=2)`` [-> repeat_kv]) that ``fuse-gqa`` leaves (a padding
+mask from a 2-D ``attention_mask``): the keys/values attention reads -- the concatenated (and
+repeated) [B,H,P+S,D] tensors -- go in as BNSH key/value with no past inputs, and the graph's
+own Concat keeps feeding the present outputs; exact, as the op computes the same softmax over
+the same keys with the same bias. The other spellings of q @ k^T and the SDPA guards are
+``_attention``'s.
+
+Does not fire (``skipped:<reason>``): a past cache or grouped KV heads whose keys/values as
+read are not [B,H,L,D] with the query's heads and head size;
 a mask that is not rank 4 or whose head axis is neither 1 nor H; the general matcher's
 reasons (heads or head size not static, internals used elsewhere, softmax not on the last
 axis, keys not provably transposed). Causal decoder attention is left to ``fuse-gqa`` when
@@ -55,8 +61,8 @@ def _bnsh(site: Attention) -> bool:
 
 
 def _refusal(site: Attention) -> str | None:
-    if site.past_k is not None:
-        return "past key/value cache (fuse-gqa's case)"
+    if site.past_k is not None and not _bnsh(site):
+        return "past key/value cache not read as [B,H,L,D]"
     if site.kv_heads != site.heads and not _bnsh(site):
         return "grouped KV heads (fuse-gqa's case)"
     mask = site.mask
@@ -113,7 +119,7 @@ class FuseMultiHeadAttention(GraphPass):
         cache: dict = {}
         for site in sites:
             b = Builder()
-            if site.kv_heads != site.heads:  # repeated heads, as [B,H,L,D]
+            if site.kv_heads != site.heads or site.past_k is not None:  # as read: [B,H,L,D]
                 q, k, v = to_bsd(b, site.q, site.heads), site.k_bnsh, site.v_bnsh
             else:
                 q, k, v = site.bsd_inputs(b)

@@ -198,3 +198,53 @@ def test_does_not_fire_when_key_reshapes_are_not_a_transpose(typed):
     text = DYNAMO_SDPA.replace("{8, 6, 8}", "{8, 8, 6}")
     check = check_pass(FuseMultiHeadAttention(), typed(text), expect_modified=False)
     assert check.stats == {"skipped:keys are not provably transposed through reshapes": 1}
+
+
+# -- decoders with a KV cache and a padding mask (Hugging Face, past_key_values) -------------------
+def cached(x: str) -> str:
+    """Keep heads 0-1 of x, append them to the past cache, repeat each head twice."""
+    return f"""
+    {x}2 = Slice ({x}, lo, two, ax1)
+    {x}c = Concat <axis = 2> (past_{x}, {x}2)
+    {x}u = Unsqueeze ({x}c, ax2)
+    {x}e = Expand ({x}u, rep)
+    {x}r = Reshape ({x}e, heads)
+"""
+
+
+CACHED = (
+    GROUPED.replace(grouped("k") + grouped("v"), cached("k") + cached("v"))
+    .replace(
+        "float[2,1,1,6] mask", "float[2,1,6,9] mask, float[2,2,3,8] past_k, float[2,2,3,8] past_v"
+    )
+    .replace("=> (float[2,6,32] o)", "=> (float[2,6,32] o, float[2,2,9,8] kc, float[2,2,9,8] vc)")
+    .replace("{2, 4, 6, 8}", "{2, 4, 9, 8}")
+)
+"""Hugging Face decoder step with past_key_values and a 4-D causal + padding mask (value
+dependent, so fuse-gqa leaves it): repeat_kv after the cache concat."""
+
+
+def test_cached_decoder_reads_concatenated_repeated_keys_as_bnsh(typed):
+    """MHA takes the concatenated, repeated keys/values as [B,H,L,D] (no past inputs); the
+    graph's own Concat still feeds the present outputs; the mask is the attention_bias."""
+    model = typed(CACHED)
+    mask = np.zeros((2, 1, 6, 9), np.float32)
+    mask[1, ..., :2] = -1e9  # left padding of batch row 1
+    mask[..., 3:] += np.triu(np.full((6, 6), -1e9, np.float32), 1)
+    feeds = {**verify.sample_inputs(model), "mask": mask}
+    check = check_pass(FuseMultiHeadAttention(), model, feeds=feeds)
+    mha = next(n for n in check.after.graph if n.op_type == "MultiHeadAttention")
+    assert [i.shape.rank() for i in mha.inputs[1:3]] == [4, 4] and len(mha.inputs) == 6
+    ops = op_types(check.after)
+    assert ops.count("Concat") == 2 and "Softmax" not in ops
+    assert check.stats == {"fused": 1}
+
+
+def test_does_not_fire_when_only_keys_are_cached(typed):
+    """The value cache is appended in two pieces: not a (past, new) pair like the keys'."""
+    text = CACHED.replace(
+        "vc = Concat <axis = 2> (past_v, v2)", "vc = Concat <axis = 2> (past_v, pv1, v2)"
+    )
+    text = text.replace("float[2,2,3,8] past_v", "float[2,2,2,8] past_v, float[2,2,1,8] pv1")
+    check = check_pass(FuseMultiHeadAttention(), typed(text), expect_modified=False)
+    assert check.stats == {"skipped:keys and values are not cached and repeated alike": 1}
