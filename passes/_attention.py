@@ -185,7 +185,10 @@ def _keys(kt: ir.Value, core: set[ir.Node]) -> tuple[ir.Value, ir.Value | None, 
         Reshape(Transpose(Reshape(k, [B*H,L,D]), [0,2,1]), [B,H,D,L])    (dynamo SDPA)
 
     Returns (k, k4 or None, scale factor peeled below the transpose): k is a shape-only
-    stand-in for the second spelling. The reshapes are proven by their output shapes.
+    stand-in for the second spelling. The reshapes are proven by their output shapes: the
+    flattening keeps k's [L,D] as its last two dims, and the result's first three dims are k's
+    B, H, D -- its last is then L, as reshapes and transposes keep the element count (the
+    TorchScript / hand-written lowering reshapes back to ``Concat(Shape(k)[:2], [D], [-1])``).
     """
     tr = producer(kt, "Transpose")
     if tr is not None and ints_attr(tr, "perm") == [0, 1, 3, 2]:
@@ -214,7 +217,7 @@ def _keys(kt: ir.Value, core: set[ir.Node]) -> tuple[ir.Value, ir.Value | None, 
         and rank(flat) == 3
         and rank(back) == 4
         and _same_dims(flat, k, [(1, 2), (2, 3)])
-        and _same_dims(back, k, [(0, 0), (1, 1), (2, 3), (3, 2)])
+        and _same_dims(back, k, [(0, 0), (1, 1), (2, 3)])
     ):
         return "keys are not provably transposed through reshapes"
     core.update((r2, t, r1))

@@ -28,10 +28,11 @@ the same keys with the same bias. The other spellings of q @ k^T and the SDPA gu
 
 Does not fire (``skipped:<reason>``): a past cache or grouped KV heads whose keys/values as
 read are not [B,H,L,D] with the query's heads and head size;
-a mask that is not rank 4 or whose head axis is neither 1 nor H; the general matcher's
-reasons (heads or head size not static, internals used elsewhere, softmax not on the last
-axis, keys not provably transposed). Causal decoder attention is left to ``fuse-gqa`` when
-both run (it runs first).
+a mask that is not rank 4 or whose head axis is neither 1 nor H (an unknown head axis
+is taken when H > 1: broadcasting against the [B,H,S,L] scores makes it 1 or H); the
+general matcher's reasons (heads or head size not static, internals used elsewhere,
+softmax not on the last axis, keys not provably transposed). Causal decoder attention is
+left to ``fuse-gqa`` when both run (it runs first).
 Scope: the main graph.
 """
 
@@ -60,13 +61,20 @@ def _bnsh(site: Attention) -> bool:
     )
 
 
+def _head_axis_ok(mask: ir.Value, heads: int) -> bool:
+    """The mask's head axis is 1 or H: static, or unknown with H > 1 (the mask broadcasts
+    against the [B,H,S,L] scores, which the graph can only do when that axis is 1 or H)."""
+    d = static_dim(mask, 1)
+    return d in (1, heads) or (d is None and heads > 1)
+
+
 def _refusal(site: Attention) -> str | None:
     if site.past_k is not None and not _bnsh(site):
         return "past key/value cache not read as [B,H,L,D]"
     if site.kv_heads != site.heads and not _bnsh(site):
         return "grouped KV heads (fuse-gqa's case)"
     mask = site.mask
-    if mask is not None and (rank(mask) != 4 or static_dim(mask, 1) not in (1, site.heads)):
+    if mask is not None and (rank(mask) != 4 or not _head_axis_ok(mask, site.heads)):
         return "mask is not [B|1, H|1, S|1, L]"
     return None
 

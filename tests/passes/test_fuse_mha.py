@@ -248,3 +248,44 @@ def test_does_not_fire_when_only_keys_are_cached(typed):
     text = text.replace("float[2,2,3,8] past_v", "float[2,2,2,8] past_v, float[2,2,1,8] pv1")
     check = check_pass(FuseMultiHeadAttention(), typed(text), expect_modified=False)
     assert check.stats == {"skipped:keys and values are not cached and repeated alike": 1}
+
+
+def test_mask_with_unknown_head_axis(typed):
+    """TorchScript's Hugging Face mask is Expand(..., computed shape): its head axis is not
+    static, but broadcasting it against [B,4,S,L] scores proves it is 1 or 4."""
+    text = CACHED.replace("float[2,1,6,9] mask", "float[2,mh,6,9] mask")
+    model = typed(text)
+    feeds = {**verify.sample_inputs(model), "mask": np.zeros((2, 4, 6, 9), np.float32)}
+    feeds["mask"][0, 1, :, 4:] = -1e9  # a different mask per head
+    check = check_pass(FuseMultiHeadAttention(), model, feeds=feeds)
+    assert check.stats == {"fused": 1}
+
+
+def test_does_not_fire_on_a_rank2_mask(typed):
+    text = ENCODER.replace("float[2,1,1,6] mask", "float[1,6] mask")
+    check = check_pass(FuseMultiHeadAttention(), typed(text), expect_modified=False)
+    assert check.stats == {"skipped:mask is not [B|1, H|1, S|1, L]": 1}
+
+
+def test_sdpa_lowering_with_keys_reshaped_back_to_minus_one(typed):
+    """The hand-written / TorchScript SDPA lowering reshapes k^T back to
+    ``Concat(Shape(k)[:2], [D], [-1])``: B, H, D are proven, so the -1 is L."""
+    text = (
+        DYNAMO_SDPA.replace(
+            "back = Constant <value = int64[4] {2, 4, 8, 6}> ()",
+            """lead = Shape <start = 0, end = 2> (k)
+    hd = Constant <value = int64[1] {8}> ()
+    rest = Constant <value = int64[1] {-1}> ()
+    back = Concat <axis = 0> (lead, hd, rest)""",
+        )
+        .replace("float[2,6,32] h", "float[N,6,32] h")
+        .replace("bool[2,1,1,6] keep", "bool[N,1,1,6] keep")
+        .replace("{2, 6, 4, 8}", "{0, 6, 4, 8}")
+        .replace("{8, 6, 8}", "{-1, 6, 8}")
+        .replace("{2, 6, 32}", "{0, 6, 32}")
+        .replace("(float[2,6,32] o)", "(float[N,6,32] o)")
+    )
+    model = typed(text)
+    check = check_pass(FuseMultiHeadAttention(), model)
+    assert check.stats == {"fused": 1}
+    assert not {"Softmax", "Transpose"} & set(op_types(check.after))

@@ -40,8 +40,6 @@ _TANH = "tanh GELU -> FastGelu: no pass yet (class 5)"
 _WDEC = "Whisper decoder self-attention with cache / cross-attention: no pass yet (class 2)"
 XFAIL: dict[tuple[str, str], str] = {
     # (case, kind): why it is not fused yet -- the measured count (fused/expected) in the comment
-    ("llama/torchscript17", "attention-decoder"): _TS,  # 0/2
-    ("qwen3/torchscript17", "attention-decoder"): _TS,  # 0/2
     ("bert/torchscript17", "skip-layer-norm"): _TS,  # 0/5
     ("bert/torchscript17", "attention-encoder"): _TS,  # 0/2
     ("bert/dynamo18", "skip-layer-norm"): _EMB,  # 4/5
@@ -67,7 +65,6 @@ XFAIL: dict[tuple[str, str], str] = {
     ("hand/gelu-tanh-cube", "fast-gelu"): "tanh GELU, x*x*x (class 5)",  # 0/1
     ("hand/gelu-tanh-fast", "fast-gelu"): "tanh GELU, gelu_fast spelling (class 5)",  # 0/1
     ("hand/gelu-tanh-bias", "fast-gelu"): "tanh GELU with bias (class 5)",  # 0/1
-    ("hand/attention-sdpa-lowering", "attention-encoder"): _SDPA,  # 0/1
     ("whisper/encoder_model", "skip-layer-norm"): _EMB,  # 4/5
     ("whisper/decoder_model_merged", "skip-layer-norm"): _EMB,  # 12/14
     ("whisper/decoder_model_merged", "attention-decoder"): _WDEC,  # 0/4
