@@ -57,8 +57,6 @@ XFAIL: dict[tuple[str, str], str] = {
     ("whisper_decoder/torchscript17", "skip-layer-norm"): _TS,  # 0/7
     ("whisper_decoder/torchscript17", "attention-decoder"): _WDEC,  # 0/2
     ("whisper_decoder/torchscript17", "attention-cross"): _WDEC,  # 0/2
-    ("whisper_decoder/dynamo18", "attention-decoder"): _WDEC,  # 0/2
-    ("whisper_decoder/dynamo18-opt", "attention-decoder"): _WDEC,  # 0/2
     ("hand/rms-pow", "rms-norm"): "rsqrt as Pow(x, -0.5) (class 4)",  # 0/1
     ("hand/rms-weight-first", "rms-norm"): "weight multiplied in first (class 4)",  # 0/1
     ("hand/gelu-tanh-pow", "fast-gelu"): "tanh GELU (class 5)",  # 0/1
