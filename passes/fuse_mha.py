@@ -19,12 +19,14 @@ the encoder's windowed self-attention, and the padded decoder attention ``fuse-g
 Grouped heads (repeat_kv, no cache): the keys/values attention reads, repeat_kv's [B,H,L,D]
 outputs, go in as they are (MultiHeadAttention's BNSH key/value), q as [B,S,H*D].
 
-A past cache (``Concat(past, new, axis=2)`` [-> repeat_kv]) that ``fuse-gqa`` leaves (a padding
-mask from a 2-D ``attention_mask``): the keys/values attention reads -- the concatenated (and
-repeated) [B,H,P+S,D] tensors -- go in as BNSH key/value with no past inputs, and the graph's
-own Concat keeps feeding the present outputs; exact, as the op computes the same softmax over
-the same keys with the same bias. The other spellings of q @ k^T and the SDPA guards are
-``_attention``'s.
+A past cache (``Concat(past, new, axis=2)`` [-> repeat_kv]) that ``fuse-gqa`` leaves (a
+padding mask from a 2-D ``attention_mask``; a causal mask with several queries and batch > 1):
+the keys/values attention reads -- the concatenated (and repeated) [B,H,P+S,D] tensors -- go
+in as BNSH key/value with no past inputs, and the graph's own Concat keeps feeding the present
+outputs; exact, as the op computes the same softmax over the same keys with the same bias.
+The keys'/values' batch and total length may be proven from
+the Concat inputs (Concat keeps the other axes equal), as TorchScript leaves them unnamed.
+The other spellings of q @ k^T and the SDPA guards are ``_attention``'s.
 
 Does not fire (``skipped:<reason>``): a past cache or grouped KV heads whose keys/values as
 read are not [B,H,L,D] with the query's heads and head size;
@@ -55,10 +57,20 @@ def _bnsh(site: Attention) -> bool:
         and all(
             static_dim(t, 1) == site.heads and static_dim(t, 3) == site.head_dim for t in (k, v)
         )
-        and same_dim(k, 2, v, 2)
-        and same_dim(k, 0, site.q, 0)
-        and same_dim(v, 0, site.q, 0)
+        and (same_dim(k, 2, v, 2) or _concat_dims(site, 2))
+        and (same_dim(k, 0, site.q, 0) and same_dim(v, 0, site.q, 0) or _concat_dims(site, 0))
     )
+
+
+def _concat_dims(site: Attention, axis: int) -> bool:
+    """Keys and values read as the caches' Concat outputs (no repeat_kv), and their ``axis``
+    proven equal from the Concat inputs (Concat keeps the other axes, and sums axis 2): the
+    batch equal to the query's (axis 0), or the total lengths of keys and values (axis 2)."""
+    if site.past_k is None or site.k_bnsh is not site.k_total or site.v_bnsh is not site.v_total:
+        return False
+    if axis == 0:
+        return same_dim(site.k_new, 0, site.q, 0) and same_dim(site.v_new, 0, site.q, 0)
+    return same_dim(site.past_k, 2, site.past_v, 2) and same_dim(site.k_new, 2, site.v_new, 2)
 
 
 def _head_axis_ok(mask: ir.Value, heads: int) -> bool:

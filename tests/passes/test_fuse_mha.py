@@ -289,3 +289,80 @@ def test_sdpa_lowering_with_keys_reshaped_back_to_minus_one(typed):
     check = check_pass(FuseMultiHeadAttention(), model)
     assert check.stats == {"fused": 1}
     assert not {"Softmax", "Transpose"} & set(op_types(check.after))
+
+
+def ts_project(x: str) -> str:
+    """TorchScript's head split: Reshape to [B, S, -1, 8] read through Shape nodes."""
+    return f"""
+    {x}m = MatMul (h, w{x})
+    {x}l = Add ({x}m, b{x})
+    {x}4 = Reshape ({x}l, split)
+    {x} = Transpose <perm = [0, 2, 1, 3]> ({x}4)
+"""
+
+
+TS_ENCODER = (
+    """
+<ir_version: 10, opset_import: ["" : 17]>
+g (float[N,S,32] h, float[32,32] wq, float[32] bq, float[32,32] wk, float[32] bk, float[32,32] wv,
+   float[32] bv, float[32,32] wo, float[N,1,1,S] mask) => (float[N,S,32] y) {
+    hs = Shape (h)
+    i0 = Constant <value = int64 {0}> ()
+    i1 = Constant <value = int64 {1}> ()
+    ax = Constant <value = int64[1] {0}> ()
+    b0 = Gather <axis = 0> (hs, i0)
+    s0 = Gather <axis = 0> (hs, i1)
+    b1 = Unsqueeze (b0, ax)
+    s1 = Unsqueeze (s0, ax)
+    m1 = Constant <value = int64[1] {-1}> ()
+    d8 = Constant <value = int64[1] {8}> ()
+    split = Concat <axis = 0> (b1, s1, m1, d8)
+"""
+    + ts_project("q")
+    + ts_project("k")
+    + ts_project("v")
+    + """
+    kT = Transpose <perm = [0, 1, 3, 2]> (k)
+    sc = MatMul (q, kT)
+    scale = Constant <value = float {0.35355339}> ()
+    scs = Mul (sc, scale)
+    msk = Add (scs, mask)
+    p = Softmax <axis = -1> (msk)
+    a = MatMul (p, v)
+    at = Transpose <perm = [0, 2, 1, 3]> (a)
+    merge = Concat <axis = 0> (b1, s1, m1)
+    o = Reshape (at, merge)
+    y = MatMul (o, wo)
+}
+"""
+)
+"""TorchScript BERT / Whisper: head split and merge with -1 sizes computed from Shape nodes."""
+
+
+def test_torchscript_head_split_and_merge_with_run_time_sizes(typed):
+    """The head count (-1 of the split) is solved from the element count, and the merge's
+    width is the output projection's rows: the merge Reshape goes with the site."""
+    check = check_pass(FuseMultiHeadAttention(), typed(TS_ENCODER))
+    assert check.stats == {"fused": 1}
+    ops = op_types(check.after)
+    assert ops.count("MultiHeadAttention") == 1 and "Reshape" not in ops
+    assert not {"Softmax", "Transpose"} & set(ops)
+
+
+def test_merge_kept_when_its_width_is_not_proven(typed):
+    """Without a projection after the merge, its -1 stays unknown: the op's output is split to
+    [B,S,H,D] and the graph's own merge Reshape kept."""
+    text = TS_ENCODER.replace("float[32,32] wo,", "").replace("y = MatMul (o, wo)", "y = Relu (o)")
+    check = check_pass(FuseMultiHeadAttention(), typed(text))
+    assert check.stats == {"fused": 1}
+    assert op_types(check.after).count("Reshape") == 2
+
+
+def test_does_not_fire_when_the_head_split_is_not_provable(typed):
+    """The split's batch comes from another tensor: the -1 (heads) cannot be solved."""
+    text = TS_ENCODER.replace("float[N,1,1,S] mask)", "float[N,1,1,S] mask, float[M] other)")
+    text = text.replace(
+        "b0 = Gather <axis = 0> (hs, i0)", "os = Shape (other)\n    b0 = Gather <axis = 0> (os, i0)"
+    )
+    check = check_pass(FuseMultiHeadAttention(), typed(text), expect_modified=False)
+    assert check.stats == {"skipped:heads or head size not static": 1}

@@ -41,12 +41,10 @@ _WDEC = "Whisper decoder self-attention with cache / cross-attention: no pass ye
 XFAIL: dict[tuple[str, str], str] = {
     # (case, kind): why it is not fused yet -- the measured count (fused/expected) in the comment
     ("bert/torchscript17", "skip-layer-norm"): _TS,  # 0/5
-    ("bert/torchscript17", "attention-encoder"): _TS,  # 0/2
     ("bert/dynamo18", "skip-layer-norm"): _EMB,  # 4/5
     ("bert/dynamo18-opt", "skip-layer-norm"): _EMB,  # 4/5
     ("bert_tanh/torchscript17", "skip-layer-norm"): _TS,  # 0/5
     ("bert_tanh/torchscript17", "fast-gelu"): _TANH,  # 0/2
-    ("bert_tanh/torchscript17", "attention-encoder"): _TS,  # 0/2
     ("bert_tanh/dynamo18", "skip-layer-norm"): _EMB,  # 4/5
     ("bert_tanh/dynamo18", "fast-gelu"): _TANH,  # 0/2
     ("bert_tanh/dynamo18-opt", "skip-layer-norm"): _EMB,  # 4/5
@@ -55,8 +53,6 @@ XFAIL: dict[tuple[str, str], str] = {
     ("whisper_encoder/dynamo18", "skip-layer-norm"): _EMB,  # 4/5
     ("whisper_encoder/dynamo18-opt", "skip-layer-norm"): _EMB,  # 4/5
     ("whisper_decoder/torchscript17", "skip-layer-norm"): _TS,  # 0/7
-    ("whisper_decoder/torchscript17", "attention-decoder"): _WDEC,  # 0/2
-    ("whisper_decoder/torchscript17", "attention-cross"): _WDEC,  # 0/2
     ("hand/rms-pow", "rms-norm"): "rsqrt as Pow(x, -0.5) (class 4)",  # 0/1
     ("hand/rms-weight-first", "rms-norm"): "weight multiplied in first (class 4)",  # 0/1
     ("hand/gelu-tanh-pow", "fast-gelu"): "tanh GELU (class 5)",  # 0/1
