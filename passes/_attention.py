@@ -88,6 +88,11 @@ class Attention:
     """The 0 of a ``Where(IsNaN(p), 0, p)`` guard after the Softmax, re-applied to the output."""
     _bsd: tuple[ir.Value, ir.Value, ir.Value] | None = None
 
+    @property
+    def graph(self) -> ir.Graph:
+        """The graph the site is in (the main graph or a subgraph, e.g. an If branch)."""
+        return self.out.producer().graph
+
     def batch1_only(self) -> bool:
         """True when the site has several queries and a batch that is not provably 1."""
         return static_dim(self.q, 2) != 1 and static_dim(self.q, 0) != 1
@@ -430,16 +435,18 @@ def match(sm: ir.Node) -> Attention | str:
 
 
 def find_sites(p: QPass, model: ir.Model) -> list[Attention]:
-    """Every attention site of the main graph; counts near misses on ``p``."""
+    """Every attention site of the model's graphs (subgraphs included: If branches of a merged
+    decoder); counts near misses on ``p``."""
     sites = []
-    for node in model.graph:
-        if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
-            continue
-        site = match(node)
-        if isinstance(site, str):
-            p.count(f"skipped:{site}", where=node)
-        else:
-            sites.append(site)
+    for graph in model.graphs():
+        for node in graph:
+            if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
+                continue
+            site = match(node)
+            if isinstance(site, str):
+                p.count(f"skipped:{site}", where=node)
+            else:
+                sites.append(site)
     return sites
 
 
@@ -537,5 +544,6 @@ def fuse_site(
 
 
 def finish(model: ir.Model) -> None:
-    model.graph.sort()
+    for graph in model.graphs():
+        graph.sort()
     remove_dead(model)

@@ -35,7 +35,7 @@ is taken when H > 1: broadcasting against the [B,H,S,L] scores makes it 1 or H);
 general matcher's reasons (heads or head size not static, internals used elsewhere,
 softmax not on the last axis, keys not provably transposed). Causal decoder attention is
 left to ``fuse-gqa`` when both run (it runs first).
-Scope: the main graph.
+Scope: the main graph and its subgraphs (If branches).
 """
 
 from __future__ import annotations
@@ -136,14 +136,14 @@ class FuseMultiHeadAttention(GraphPass):
                 self.count(f"skipped:{reason}", where=site.out.producer())
                 continue
             sites.append(site)
-        cache: dict = {}
+        caches: dict[ir.Graph, dict] = {}  # a value computed once serves one graph only
         for site in sites:
             b = Builder()
             if site.kv_heads != site.heads or site.past_k is not None:  # as read: [B,H,L,D]
                 q, k, v = to_bsd(b, site.q, site.heads), site.k_bnsh, site.v_bnsh
             else:
                 q, k, v = site.bsd_inputs(b)
-            bias = _bias(b, site, cache, q, k)
+            bias = _bias(b, site, caches.setdefault(site.graph, {}), q, k)
             out = b.one(
                 "MultiHeadAttention",
                 [q, k, v, None, None, bias] if bias is not None else [q, k, v],
@@ -151,7 +151,7 @@ class FuseMultiHeadAttention(GraphPass):
                 num_heads=site.heads,
                 scale=float(site.scale),
             )
-            fuse_site(model.graph, b, site, out)
+            fuse_site(site.graph, b, site, out)
             self.count("fused")
         if sites:
             finish(model)

@@ -1,4 +1,5 @@
 import numpy as np
+import onnx_ir as ir
 import pytest
 
 from qgraph.instruments import verify
@@ -366,3 +367,45 @@ def test_does_not_fire_when_the_head_split_is_not_provable(typed):
     )
     check = check_pass(FuseMultiHeadAttention(), typed(text), expect_modified=False)
     assert check.stats == {"skipped:heads or head size not static": 1}
+
+
+def _in_if_branch(text: str) -> ir.Model:
+    """The attention graph's body as the then-branch of an If (outer-scope inputs), the else
+    branch a plain Identity: the spelling of our exporter's merged Whisper decoder."""
+    import onnx
+    from onnx import helper
+
+    from qgraph.testing import IR_VERSION
+
+    g = onnx.parser.parse_model(text).graph
+    out = g.output[0]
+    dims = [d.dim_value for d in out.type.tensor_type.shape.dim]
+    then = helper.make_graph(list(g.node), "then", [], [out], list(g.initializer))
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["h"], ["e"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("e", out.type.tensor_type.elem_type, dims)],
+    )
+    cond = helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, [])
+    main = helper.make_graph(
+        [helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)],
+        "main",
+        [cond, *g.input],
+        [helper.make_tensor_value_info("y", out.type.tensor_type.elem_type, dims)],
+    )
+    proto = helper.make_model(main, opset_imports=[helper.make_opsetid("", 18)])
+    proto.ir_version = IR_VERSION
+    onnx.checker.check_model(proto)
+    return ir.from_proto(proto)
+
+
+def test_attention_inside_an_if_branch():
+    """Sites in subgraphs fuse in their own graph (the merged decoder's If branches)."""
+    model = _in_if_branch(ENCODER)
+    feeds = {**verify.sample_inputs(model), "c": np.array(True)}
+    check = check_pass(FuseMultiHeadAttention(), model, feeds=feeds)
+    assert check.stats == {"fused": 1}
+    assert [n.op_type for n in check.after.graph] == ["If"]
+    ops = op_types(check.after)  # every graph's nodes
+    assert "MultiHeadAttention" in ops and "Softmax" not in ops

@@ -37,7 +37,6 @@ _TS = "TorchScript graph without shape information (issue class 1)"
 _SDPA = "dynamo SDPA lowering: sqrt(scale) on q and k, keys via Reshape-Transpose-Reshape (class 2)"
 _EMB = "embedding sum + LayerNorm (position table or token types) not fused"
 _TANH = "tanh GELU -> FastGelu: no pass yet (class 5)"
-_WDEC = "Whisper decoder self-attention with cache / cross-attention: no pass yet (class 2)"
 XFAIL: dict[tuple[str, str], str] = {
     # (case, kind): why it is not fused yet -- the measured count (fused/expected) in the comment
     ("bert/torchscript17", "skip-layer-norm"): _TS,  # 0/5
@@ -61,8 +60,6 @@ XFAIL: dict[tuple[str, str], str] = {
     ("hand/gelu-tanh-bias", "fast-gelu"): "tanh GELU with bias (class 5)",  # 0/1
     ("whisper/encoder_model", "skip-layer-norm"): _EMB,  # 4/5
     ("whisper/decoder_model_merged", "skip-layer-norm"): _EMB,  # 12/14
-    ("whisper/decoder_model_merged", "attention-decoder"): _WDEC,  # 0/4
-    ("whisper/decoder_model_merged", "attention-cross"): _WDEC,  # 0/4
 }
 
 
