@@ -34,7 +34,6 @@ from tests.corpus.tools import run_qgraph
 from tests.export.whisper_bundles import tiny_whisper
 
 _TS = "TorchScript graph without shape information (issue class 1)"
-_SDPA = "dynamo SDPA lowering: sqrt(scale) on q and k, keys via Reshape-Transpose-Reshape (class 2)"
 _EMB = "embedding sum + LayerNorm (position table or token types) not fused"
 _TANH = "tanh GELU -> FastGelu: no pass yet (class 5)"
 XFAIL: dict[tuple[str, str], str] = {
