@@ -409,3 +409,32 @@ def test_attention_inside_an_if_branch():
     assert [n.op_type for n in check.after.graph] == ["If"]
     ops = op_types(check.after)  # every graph's nodes
     assert "MultiHeadAttention" in ops and "Softmax" not in ops
+
+
+CACHED_FULL_HEADS = (
+    ENCODER.replace(
+        "kT = Transpose <perm = [0, 1, 3, 2]> (k)",
+        """kc = Concat <axis = 2> (past_k, k)
+    vc = Concat <axis = 2> (past_v, v)
+    kT = Transpose <perm = [0, 1, 3, 2]> (kc)""",
+    )
+    .replace("a = MatMul (p, v)", "a = MatMul (p, vc)")
+    .replace(
+        "float[2,1,1,6] mask", "float[2,1,6,9] mask, float[2,4,3,8] past_k, float[2,4,3,8] past_v"
+    )
+    .replace("=> (float[2,6,32] o)", "=> (float[2,6,32] o, float[2,4,9,8] kc, float[2,4,9,8] vc)")
+)
+
+
+def test_cached_keys_with_unnamed_concat_dims(typed):
+    """TorchScript leaves the caches' Concat outputs with fresh names: their batch and total
+    length are proven from the Concat inputs (Concat keeps the other axes equal)."""
+    model = typed(CACHED_FULL_HEADS)
+    for node in model.graph:
+        if node.op_type == "Concat" and node.outputs[0].name in ("kc", "vc"):
+            n = node.outputs[0].name
+            node.outputs[0].shape = ir.Shape([f"unk__{n}0", 4, f"unk__{n}2", 8])
+    check = check_pass(FuseMultiHeadAttention(), model)
+    assert check.stats == {"fused": 1}
+    mha = next(n for n in check.after.graph if n.op_type == "MultiHeadAttention")
+    assert [v.name for v in mha.inputs[1:3]] == ["kc", "vc"]
