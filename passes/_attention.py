@@ -20,6 +20,12 @@ guard (SDPA lowerings; a fully masked row, all -inf, gives NaN probabilities) is
 the fused output as ``Where(IsNaN(o), 0, o)``: for finite q, k, v a NaN output row is exactly a
 fully masked row, so the result is the same (0 there) for any mask.
 
+Sizes computed at run time (TorchScript reads them through Shape nodes): the one unknown dim of
+a head split ``Reshape(x, [B, S, -1, D])`` is solved from the element count when the others are
+ints or symbols of ``x`` (``solve_split``); the head merge ``Reshape(o, [B, S, -1])`` is [B,S,H*D]
+when every reader is ``MatMul(o, w)`` with H*D rows, else the merge stays in the graph after
+the fused op (its output is then split back to [B,S,H,D]).
+
 ``fuse_site`` puts a fused op in place of the site: its output replaces ``o``, its present
 outputs replace the concatenated caches for every consumer outside the attention (renaming
 graph outputs so that the I/O stays identical), and ``finish`` sorts the graph and drops the
@@ -81,6 +87,11 @@ class Attention:
     nan_zero: ir.Value | None = None
     """The 0 of a ``Where(IsNaN(p), 0, p)`` guard after the Softmax, re-applied to the output."""
     _bsd: tuple[ir.Value, ir.Value, ir.Value] | None = None
+
+    @property
+    def graph(self) -> ir.Graph:
+        """The graph the site is in (the main graph or a subgraph, e.g. an If branch)."""
+        return self.out.producer().graph
 
     def batch1_only(self) -> bool:
         """True when the site has several queries and a batch that is not provably 1."""
@@ -177,6 +188,60 @@ def _stand_in(x: ir.Value, perm: list[int]) -> ir.Value:
     return ir.Value(shape=ir.Shape([x.shape[i] for i in perm]), type=x.type)
 
 
+def _known(d: object, names: set[str]) -> bool:
+    """An int dim, or a symbol the reshape's input also has (ONNX gives the same name only to
+    the same dim)."""
+    return isinstance(d, int) or (d is not None and d.value is not None and d.value in names)
+
+
+def solve_split(v: ir.Value) -> None:
+    """Solve the one unknown dim of a head split ``[Transpose(]Reshape(x)[, perm)]`` from the
+    element count, and write it on the Reshape's (and Transpose's) output shape: the other dims
+    of the output are ints or symbols of ``x``, so the unknown one is ``size(x)`` over their
+    product (an int, or the one symbol of ``x`` left over), e.g. TorchScript's
+    ``[B,S,64] -> [B,S,-1,16]`` read through ``Shape`` nodes gives 4 when ONNX's inference
+    named B and S but could not solve the -1. Only ever replaces an unknown dim."""
+    tr = producer(v, "Transpose")
+    reshape = producer(tr.inputs[0] if tr is not None else v, "Reshape")
+    if reshape is None or reshape.inputs[0] is None:
+        return
+    x, r = reshape.inputs[0], reshape.outputs[0]
+    if x.shape is None or r.shape is None:
+        return
+    xdims = list(x.shape)
+    if any(not isinstance(d, int) and d.value is None for d in xdims):
+        return
+    names = {d.value for d in xdims if not isinstance(d, int)}
+    dims = list(r.shape)
+    unknown = [i for i, d in enumerate(dims) if not _known(d, names)]
+    if len(unknown) != 1:
+        return
+    left_int = int(np.prod([d for d in xdims if isinstance(d, int)], dtype=np.int64))
+    left_names = [d.value for d in xdims if not isinstance(d, int)]
+    for i, d in enumerate(dims):
+        if i == unknown[0]:
+            continue
+        if isinstance(d, int):
+            if d == 0 or left_int % d:
+                return
+            left_int //= d
+        elif d.value in left_names:
+            left_names.remove(d.value)
+        else:
+            return
+    if not left_names:
+        solved: int | ir.SymbolicDim = left_int
+    elif len(left_names) == 1 and left_int == 1:
+        solved = ir.SymbolicDim(left_names[0])
+    else:
+        return
+    dims[unknown[0]] = solved
+    r.shape = ir.Shape(dims)
+    perm = ints_attr(tr, "perm") if tr is not None else None
+    if perm is not None and len(perm) == len(dims):
+        tr.outputs[0].shape = ir.Shape([dims[i] for i in perm])
+
+
 def _keys(kt: ir.Value, core: set[ir.Node]) -> tuple[ir.Value, ir.Value | None, float] | str:
     """The keys ([B,H,L,D]) behind ``kt`` = k^T ([B,H,D,L]), spelled as one of::
 
@@ -185,7 +250,10 @@ def _keys(kt: ir.Value, core: set[ir.Node]) -> tuple[ir.Value, ir.Value | None, 
         Reshape(Transpose(Reshape(k, [B*H,L,D]), [0,2,1]), [B,H,D,L])    (dynamo SDPA)
 
     Returns (k, k4 or None, scale factor peeled below the transpose): k is a shape-only
-    stand-in for the second spelling. The reshapes are proven by their output shapes.
+    stand-in for the second spelling. The reshapes are proven by their output shapes: the
+    flattening keeps k's [L,D] as its last two dims, and the result's first three dims are k's
+    B, H, D -- its last is then L, as reshapes and transposes keep the element count (the
+    TorchScript / hand-written lowering reshapes back to ``Concat(Shape(k)[:2], [D], [-1])``).
     """
     tr = producer(kt, "Transpose")
     if tr is not None and ints_attr(tr, "perm") == [0, 1, 3, 2]:
@@ -195,6 +263,7 @@ def _keys(kt: ir.Value, core: set[ir.Node]) -> tuple[ir.Value, ir.Value | None, 
     if tr is not None and ints_attr(tr, "perm") == [0, 2, 3, 1] and rank(tr.inputs[0]) == 4:
         core.add(tr)
         k4, f = _scale(tr.inputs[0], core)
+        solve_split(k4)
         if rank(k4) != 4:
             return "keys are not transposed on the last two axes"
         return _stand_in(k4, [0, 2, 1, 3]), k4, f
@@ -214,7 +283,7 @@ def _keys(kt: ir.Value, core: set[ir.Node]) -> tuple[ir.Value, ir.Value | None, 
         and rank(flat) == 3
         and rank(back) == 4
         and _same_dims(flat, k, [(1, 2), (2, 3)])
-        and _same_dims(back, k, [(0, 0), (1, 1), (2, 3), (3, 2)])
+        and _same_dims(back, k, [(0, 0), (1, 1), (2, 3)])
     ):
         return "keys are not provably transposed through reshapes"
     core.update((r2, t, r1))
@@ -275,6 +344,21 @@ def _skip_identity_reshape(v: ir.Value, core: set[ir.Node]) -> ir.Value:
     return reshapes[0].outputs[0]
 
 
+def _projected_width(o: ir.Value) -> int | None:
+    """The last dim of ``o`` proven by its readers: every one is ``MatMul(o, w)`` with a 2-D
+    ``w`` of static rows, which only runs when ``o``'s last dim is that (TorchScript merges
+    heads with ``Reshape([B, S, -1])`` read through Shape nodes, then projects)."""
+    rows = set()
+    for user, index in o.uses():
+        w = user.inputs[1] if len(user.inputs) == 2 else None
+        if user.op_type != "MatMul" or user.domain not in ("", "ai.onnx") or index != 0:
+            return None
+        if w is None or rank(w) != 2 or static_dim(w, 0) is None:
+            return None
+        rows.add(static_dim(w, 0))
+    return rows.pop() if len(rows) == 1 and not o.is_graph_output() else None
+
+
 def match(sm: ir.Node) -> Attention | str:
     """The attention site around Softmax ``sm``, or why there is none."""
     if not is_last_axis(int_attr(sm, "axis", -1), rank(sm.inputs[0])):
@@ -320,11 +404,18 @@ def match(sm: ir.Node) -> Attention | str:
             out, out_bsd = o, True
     past_k, k_new = _split_past(k_total)
     past_v, v_new = _split_past(v_total)
+    for t in (q, k_new, v_new):
+        solve_split(t)
     heads, head_dim, kv_heads = static_dim(q, 1), static_dim(q, 3), static_dim(k_new, 1)
     if None in (heads, head_dim, kv_heads) or any(rank(t) != 4 for t in (q, k_new, v_new)):
         return "heads or head size not static"
     if (past_k is None) != (past_v is None) or n_rep != n_rep_v or heads != kv_heads * n_rep:
         return "keys and values are not cached and repeated alike"
+    if out_bsd and static_dim(out, 2) is None and _projected_width(out) == heads * head_dim:
+        out.shape = ir.Shape([out.shape[0], out.shape[1], heads * head_dim])
+    if out_bsd and static_dim(out, 2) is None:  # keep the graph's merge Reshape after the op
+        core.discard(merge)
+        out, out_bsd = back.outputs[0], False
     if out_bsd and static_dim(out, 2) != heads * head_dim:
         return "output is not reshaped to [B,S,H*D]"
     if not all(static_dim(t, -1) == head_dim for t in (k_new, v_new)):
@@ -344,16 +435,18 @@ def match(sm: ir.Node) -> Attention | str:
 
 
 def find_sites(p: QPass, model: ir.Model) -> list[Attention]:
-    """Every attention site of the main graph; counts near misses on ``p``."""
+    """Every attention site of the model's graphs (subgraphs included: If branches of a merged
+    decoder); counts near misses on ``p``."""
     sites = []
-    for node in model.graph:
-        if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
-            continue
-        site = match(node)
-        if isinstance(site, str):
-            p.count(f"skipped:{site}", where=node)
-        else:
-            sites.append(site)
+    for graph in model.graphs():
+        for node in graph:
+            if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
+                continue
+            site = match(node)
+            if isinstance(site, str):
+                p.count(f"skipped:{site}", where=node)
+            else:
+                sites.append(site)
     return sites
 
 
@@ -451,5 +544,6 @@ def fuse_site(
 
 
 def finish(model: ir.Model) -> None:
-    model.graph.sort()
+    for graph in model.graphs():
+        graph.sort()
     remove_dead(model)

@@ -30,7 +30,7 @@ takes these sites exactly, with the mask as ``attention_bias``);
 no mask with several queries; query/key lengths differ (cross-attention); a past cache with
 several queries unless batch is 1 (an ORT kernel limit); heads or head size not static;
 attention internals used elsewhere; softmax not on the last axis.
-Scope: the main graph.
+Scope: the main graph and its subgraphs (If branches).
 """
 
 from __future__ import annotations
@@ -84,11 +84,11 @@ def _mask_cone(mask: ir.Value) -> tuple[list[ir.Node], list[ir.Value]] | str:
     return nodes, consts
 
 
-def _evaluate(mask: ir.Value, cone, graph: ir.Graph, opset: int, sizes: dict[str, int]):
+def _evaluate(mask: ir.Value, cone, graphs: list[ir.Graph], opset: int, sizes: dict[str, int]):
     nodes, consts = cone
     chosen = set(nodes)
     protos = []
-    for node in graph:
+    for node in (n for graph in graphs for n in graph):
         if node not in chosen:
             continue
         if node.op_type in ("Shape", "Size"):
@@ -146,7 +146,8 @@ def causal_reason(site: Attention, model: ir.Model) -> str | None:
     for base in (5, 8):
         sizes = {name: base + 3 * i for i, name in enumerate(symbols)}
         try:
-            m = _evaluate(site.mask, cone, model.graph, opset, sizes)
+            graphs = [model.graph] if site.graph is model.graph else [model.graph, site.graph]
+            m = _evaluate(site.mask, cone, graphs, opset, sizes)
         except Exception:
             return "mask could not be evaluated"
         s = _dim_value(dim(site.q, 2), sizes)
@@ -183,10 +184,10 @@ class FuseGroupQueryAttention(GraphPass):
                 self.count(f"skipped:{reason}", where=site.out.producer())
                 continue
             sites.append(site)
-        cache: dict = {}
+        caches: dict[ir.Graph, dict] = {}  # a value computed once serves one graph only
         for site in sites:
             b = Builder()
-            seqlens, total = lengths(b, site, cache)
+            seqlens, total = lengths(b, site, caches.setdefault(site.graph, {}))
             q, k, v = site.bsd_inputs(b)
             out, pk, pv = b.op(
                 "GroupQueryAttention",
@@ -197,7 +198,7 @@ class FuseGroupQueryAttention(GraphPass):
                 kv_num_heads=site.kv_heads,
                 scale=float(site.scale),
             )
-            fuse_site(model.graph, b, site, out, (pk, pv))
+            fuse_site(site.graph, b, site, out, (pk, pv))
             self.count("fused")
         if sites:
             finish(model)

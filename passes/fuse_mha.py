@@ -17,16 +17,25 @@ causal + padding mask built from a 2-D ``attention_mask`` (left or right padding
 the encoder's windowed self-attention, and the padded decoder attention ``fuse-gqa`` refuses.
 
 Grouped heads (repeat_kv, no cache): the keys/values attention reads, repeat_kv's [B,H,L,D]
-outputs, go in as they are (MultiHeadAttention's BNSH key/value), q as [B,S,H*D]. The other
-spellings of q @ k^T and the SDPA guards are ``_attention``'s.
+outputs, go in as they are (MultiHeadAttention's BNSH key/value), q as [B,S,H*D].
 
-Does not fire (``skipped:<reason>``): a past-cache concat (``fuse-gqa``'s sites); grouped KV
-heads whose repeated keys/values are not [B,H,L,D] with the query's heads and head size;
-a mask that is not rank 4 or whose head axis is neither 1 nor H; the general matcher's
-reasons (heads or head size not static, internals used elsewhere, softmax not on the last
-axis, keys not provably transposed). Causal decoder attention is left to ``fuse-gqa`` when
-both run (it runs first).
-Scope: the main graph.
+A past cache (``Concat(past, new, axis=2)`` [-> repeat_kv]) that ``fuse-gqa`` leaves (a
+padding mask from a 2-D ``attention_mask``; a causal mask with several queries and batch > 1):
+the keys/values attention reads -- the concatenated (and repeated) [B,H,P+S,D] tensors -- go
+in as BNSH key/value with no past inputs, and the graph's own Concat keeps feeding the present
+outputs; exact, as the op computes the same softmax over the same keys with the same bias.
+The keys'/values' batch and total length may be proven from
+the Concat inputs (Concat keeps the other axes equal), as TorchScript leaves them unnamed.
+The other spellings of q @ k^T and the SDPA guards are ``_attention``'s.
+
+Does not fire (``skipped:<reason>``): a past cache or grouped KV heads whose keys/values as
+read are not [B,H,L,D] with the query's heads and head size;
+a mask that is not rank 4 or whose head axis is neither 1 nor H (an unknown head axis
+is taken when H > 1: broadcasting against the [B,H,S,L] scores makes it 1 or H); the
+general matcher's reasons (heads or head size not static, internals used elsewhere,
+softmax not on the last axis, keys not provably transposed). Causal decoder attention is
+left to ``fuse-gqa`` when both run (it runs first).
+Scope: the main graph and its subgraphs (If branches).
 """
 
 from __future__ import annotations
@@ -48,19 +57,36 @@ def _bnsh(site: Attention) -> bool:
         and all(
             static_dim(t, 1) == site.heads and static_dim(t, 3) == site.head_dim for t in (k, v)
         )
-        and same_dim(k, 2, v, 2)
-        and same_dim(k, 0, site.q, 0)
-        and same_dim(v, 0, site.q, 0)
+        and (same_dim(k, 2, v, 2) or _concat_dims(site, 2))
+        and (same_dim(k, 0, site.q, 0) and same_dim(v, 0, site.q, 0) or _concat_dims(site, 0))
     )
 
 
+def _concat_dims(site: Attention, axis: int) -> bool:
+    """Keys and values read as the caches' Concat outputs (no repeat_kv), and their ``axis``
+    proven equal from the Concat inputs (Concat keeps the other axes, and sums axis 2): the
+    batch equal to the query's (axis 0), or the total lengths of keys and values (axis 2)."""
+    if site.past_k is None or site.k_bnsh is not site.k_total or site.v_bnsh is not site.v_total:
+        return False
+    if axis == 0:
+        return same_dim(site.k_new, 0, site.q, 0) and same_dim(site.v_new, 0, site.q, 0)
+    return same_dim(site.past_k, 2, site.past_v, 2) and same_dim(site.k_new, 2, site.v_new, 2)
+
+
+def _head_axis_ok(mask: ir.Value, heads: int) -> bool:
+    """The mask's head axis is 1 or H: static, or unknown with H > 1 (the mask broadcasts
+    against the [B,H,S,L] scores, which the graph can only do when that axis is 1 or H)."""
+    d = static_dim(mask, 1)
+    return d in (1, heads) or (d is None and heads > 1)
+
+
 def _refusal(site: Attention) -> str | None:
-    if site.past_k is not None:
-        return "past key/value cache (fuse-gqa's case)"
+    if site.past_k is not None and not _bnsh(site):
+        return "past key/value cache not read as [B,H,L,D]"
     if site.kv_heads != site.heads and not _bnsh(site):
         return "grouped KV heads (fuse-gqa's case)"
     mask = site.mask
-    if mask is not None and (rank(mask) != 4 or static_dim(mask, 1) not in (1, site.heads)):
+    if mask is not None and (rank(mask) != 4 or not _head_axis_ok(mask, site.heads)):
         return "mask is not [B|1, H|1, S|1, L]"
     return None
 
@@ -110,14 +136,14 @@ class FuseMultiHeadAttention(GraphPass):
                 self.count(f"skipped:{reason}", where=site.out.producer())
                 continue
             sites.append(site)
-        cache: dict = {}
+        caches: dict[ir.Graph, dict] = {}  # a value computed once serves one graph only
         for site in sites:
             b = Builder()
-            if site.kv_heads != site.heads:  # repeated heads, as [B,H,L,D]
+            if site.kv_heads != site.heads or site.past_k is not None:  # as read: [B,H,L,D]
                 q, k, v = to_bsd(b, site.q, site.heads), site.k_bnsh, site.v_bnsh
             else:
                 q, k, v = site.bsd_inputs(b)
-            bias = _bias(b, site, cache, q, k)
+            bias = _bias(b, site, caches.setdefault(site.graph, {}), q, k)
             out = b.one(
                 "MultiHeadAttention",
                 [q, k, v, None, None, bias] if bias is not None else [q, k, v],
@@ -125,7 +151,7 @@ class FuseMultiHeadAttention(GraphPass):
                 num_heads=site.heads,
                 scale=float(site.scale),
             )
-            fuse_site(model.graph, b, site, out)
+            fuse_site(site.graph, b, site, out)
             self.count("fused")
         if sites:
             finish(model)

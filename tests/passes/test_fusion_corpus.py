@@ -33,35 +33,16 @@ from tests.corpus.score import count_model, fused_sites, max_abs_diff
 from tests.corpus.tools import run_qgraph
 from tests.export.whisper_bundles import tiny_whisper
 
-_TS = "TorchScript graph without shape information (issue class 1)"
-_SDPA = "dynamo SDPA lowering: sqrt(scale) on q and k, keys via Reshape-Transpose-Reshape (class 2)"
 _EMB = "embedding sum + LayerNorm: the positions' shape is not provably [1,S,H] or [S,H]"
-_WDEC = "Whisper decoder self-attention with cache / cross-attention: no pass yet (class 2)"
 XFAIL: dict[tuple[str, str], str] = {
     # (case, kind): why it is not fused yet -- the measured count (fused/expected) in the comment
-    ("llama/torchscript17", "attention-decoder"): _TS,  # 0/2
-    ("llama/dynamo18", "attention-decoder"): _SDPA,  # 0/2
-    ("llama/dynamo18-opt", "attention-decoder"): _SDPA,  # 0/2
-    ("qwen3/torchscript17", "attention-decoder"): _TS,  # 0/2
-    ("qwen3/dynamo18", "attention-decoder"): _SDPA,  # 0/2
-    ("qwen3/dynamo18-opt", "attention-decoder"): _SDPA,  # 0/2
     ("bert/torchscript17", "skip-layer-norm"): _EMB,  # 4/5
-    ("bert/torchscript17", "attention-encoder"): _TS,  # 0/2
     ("bert/dynamo18", "skip-layer-norm"): _EMB,  # 4/5
     ("bert/dynamo18-opt", "skip-layer-norm"): _EMB,  # 4/5
     ("bert_tanh/torchscript17", "skip-layer-norm"): _EMB,  # 4/5
-    ("bert_tanh/torchscript17", "attention-encoder"): _TS,  # 0/2
     ("bert_tanh/dynamo18", "skip-layer-norm"): _EMB,  # 4/5
     ("bert_tanh/dynamo18-opt", "skip-layer-norm"): _EMB,  # 4/5
     ("whisper_decoder/torchscript17", "skip-layer-norm"): _EMB,  # 6/7
-    ("whisper_decoder/torchscript17", "attention-decoder"): _WDEC,  # 0/2
-    ("whisper_decoder/torchscript17", "attention-cross"): _WDEC,  # 0/2
-    ("whisper_decoder/dynamo18", "attention-decoder"): _WDEC,  # 0/2
-    ("whisper_decoder/dynamo18-opt", "attention-decoder"): _WDEC,  # 0/2
-    ("hand/attention-sdpa-lowering", "attention-encoder"): _SDPA,  # 0/1
-    ("hand/attention-decoder-mask", "attention-decoder"): "2-D attention_mask (class 2)",  # 0/1
-    ("whisper/decoder_model_merged", "attention-decoder"): _WDEC,  # 0/4
-    ("whisper/decoder_model_merged", "attention-cross"): _WDEC,  # 0/4
 }
 
 
