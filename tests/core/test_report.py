@@ -178,7 +178,7 @@ def test_report_renders_in_headless_chromium(tiny_raw, tmp_path, capsys):
     cells = parse(dom.stdout)
     assert cells.body.get("data-ready") == "1"  # the page's script ran
     history = json.loads((out / "qgraph.json").read_text())["pipeline"]
-    assert len(cells.rows) == len(history) == 24
+    assert len(cells.rows) == len(history) == len(expand("default", default_registry()))
     assert cells.rows[-1]["nodes"][1]["data-after"] == str(total_nodes(out))
     quant = next(r for r in cells.rows if r["_pass"] == "quantize-int4")
     assert "quantized = 18" in quant["stats"][0] and quant["modified"][0] == "yes"
