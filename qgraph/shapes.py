@@ -11,7 +11,19 @@ to ``[B, S, -1, D]``), so a matcher that needs a rank or a static size would ref
 2. **Reshape with -1**: the one dim ONNX leaves unknown is solved from the element count when
    every other dim of input and output is an int or a named symbol and the symbols of both
    sides are the same multiset (``[B,S,64] -> [B,S,-1,16]`` gives 4), then step 1 runs again;
-3. **shape arithmetic that is constant**: small integer/float values computed from ``Shape``
+3. **index tensors built from sizes**: small integer values computed from ``Shape`` are
+   evaluated symbolically (a named dim stays its name), and the outputs ONNX leaves unknown get
+   their dims from them: ``Range(0, S, 1)`` has ``S`` elements, ``Slice(x, 0, S)`` along a
+   static axis of ``T`` has ``Min(T, S)`` (the name the dynamo exporter writes), ``Expand`` and
+   ``Tile`` by a shape or repeats known in part; then step 1 runs again;
+4. **equal dims get one name**: where an elementwise op broadcasts a ``Min(T, S)`` dim
+   (``T >= 2``) against ``S``, the graph runs only when the two are equal (``Min(T, S) == 1``
+   would mean ``S == 1``), so ``Min(T, S)`` is renamed ``S`` (BERT's positions
+   ``[1, Min(512, seq), H]`` added to ``[B, seq, H]``); a ``Concat``'s other axes equal its
+   inputs', and its axis is their sum: an exporter's name for them (TorchScript's
+   ``Concatpresent.0.key_dim_0``) becomes the inputs' (``batch``, ``past + seq``), so that the
+   keys and values of one cache have the same dims;
+5. **shape arithmetic that is constant**: small integer/float values computed from ``Shape``
    (and ``Size``) through ``Gather``, ``Slice``, ``Concat``, ``(Un)Squeeze``, ``Cast`` and
    elementwise arithmetic are evaluated with the static dims; where the result is fully known
    it is attached to the value as ``const_value`` (what ``ir.convenience.get_const_tensor``, and
@@ -27,6 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,7 +59,7 @@ _FLOAT_TYPES = {
     ir.DataType.DOUBLE: np.float64,
     ir.DataType.FLOAT16: np.float16,
 }
-_NUMPY_TYPES = {**_INT_TYPES, **_FLOAT_TYPES}
+_NUMPY_TYPES = {**_INT_TYPES, **_FLOAT_TYPES, ir.DataType.BOOL: np.bool_}
 
 Partial = list  # a 0-D or 1-D value: Python numbers, None where unknown (0-D: one element)
 
@@ -87,9 +100,7 @@ def inferred(model: ir.Model) -> Iterator[Prepared]:
 
 def _values(model: ir.Model) -> Iterator[ir.Value]:
     for graph in model.graphs():
-        yield from graph.inputs
-        for node in graph:
-            yield from node.outputs
+        yield from _graph_values(graph)
 
 
 def _incomplete(model: ir.Model) -> bool:
@@ -110,10 +121,14 @@ def _infer(model: ir.Model) -> None:
     infer = ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)
     order = list(model.graph.initializers.values())
     try:
-        for _ in range(3):
+        for _ in range(4):
             infer(model)
-            if not _solve_reshapes(model):
+            refined = _solve_reshapes(model)
+            for graph in model.graphs():
+                refined |= _refine_indices(graph) | _rename(graph, _equal_dims(graph))
+            if not refined:
                 return
+            _forget_anonymous(model)  # let ONNX carry the refined dims downstream
     finally:  # onnx-ir's wrapper re-adds large initializers at the end: keep their order
         for value in order:
             model.graph.initializers.pop(value.name)
@@ -165,12 +180,209 @@ def _anonymous(d: ir.SymbolicDim) -> bool:
     return d.value is None or d.value.startswith("unk__")
 
 
+def _forget_anonymous(model: ir.Model) -> None:
+    """Drop ONNX's ``unk__N`` names from node outputs (a kept name would win over a new dim)."""
+    for graph in model.graphs():
+        for node in graph:
+            for v in node.outputs:
+                if v.shape is not None and any(_unknown(d) for d in v.shape):
+                    v.shape = ir.Shape([None if _unknown(d) else d for d in v.shape])
+
+
+def _unknown(d: int | ir.SymbolicDim) -> bool:
+    return not isinstance(d, int) and _anonymous(d)
+
+
+# -- index tensors built from sizes ----------------------------------------------------------------
+Dim = int | str  # a static size or a named symbol
+
+
+def _refine_indices(graph: ir.Graph) -> bool:
+    """Dims of Range/Slice/Expand/Tile outputs that ONNX leaves unknown (module docstring, 3)."""
+    partials = _partials(graph)
+    refined = False
+    for node in graph:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in _INDEX_OPS:
+            continue
+        out = node.outputs[0]
+        if out.shape is None or not any(_unknown(d) for d in out.shape):
+            continue
+        try:
+            dims = _INDEX_OPS[node.op_type](node, partials)
+        except (ValueError, IndexError, TypeError):
+            dims = None
+        if dims is None or len(dims) != out.shape.rank():
+            continue
+        old = list(out.shape)
+        new = [x if _unknown(d) and x is not None else d for d, x in zip(old, dims, strict=True)]
+        if new != old:
+            out.shape = ir.Shape(new)
+            refined = True
+    return refined
+
+
+def _dims(v: ir.Value | None) -> list[Dim | None] | None:
+    if v is None or v.shape is None:
+        return None
+    return [d if isinstance(d, int) else None if _anonymous(d) else d.value for d in v.shape]
+
+
+def _one(partials: dict, v: ir.Value | None) -> Dim | None:
+    p = partials.get(v) if v is not None else None
+    return p[0] if p is not None and len(p) == 1 else None
+
+
+def _range_dims(node: ir.Node, partials: dict) -> list[Dim | None] | None:
+    start, limit, delta = (_one(partials, v) for v in node.inputs[:3])
+    if start == 0 and delta == 1 and isinstance(limit, str):
+        return [limit]
+    return None
+
+
+def _slice_dims(node: ir.Node, partials: dict) -> list[Dim | None] | None:
+    dims = _dims(node.inputs[0])
+    if dims is None:
+        return None
+    starts, ends = (partials.get(v) for v in node.inputs[1:3])
+    axes = partials.get(node.inputs[3]) if len(node.inputs) > 3 else list(range(len(dims)))
+    steps = partials.get(node.inputs[4]) if len(node.inputs) > 4 else [1] * len(dims)
+    if None in (starts, ends, axes, steps) or not len(starts) == len(ends) == len(axes):
+        return None
+    out: list[Dim | None] = list(dims)
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        size = dims[int(axis)]
+        if start == 0 and step == 1 and isinstance(end, str) and isinstance(size, int):
+            out[int(axis)] = f"Min({size}, {end})" if size >= 2 else None
+        else:
+            out[int(axis)] = None
+    return out
+
+
+def _broadcast(a: list[Dim | None], b: list[Dim | None]) -> list[Dim | None]:
+    n = max(len(a), len(b))
+    a, b = [1] * (n - len(a)) + a, [1] * (n - len(b)) + b
+    return [_broadcast_dim(x, y) for x, y in zip(a, b, strict=True)]
+
+
+def _broadcast_dim(x: Dim | None, y: Dim | None) -> Dim | None:
+    if x == 1 or _min_of(x) == y:  # Min(T, S) against S: equal wherever the graph runs
+        return y
+    if y == 1 or x == y or _min_of(y) == x:
+        return x
+    return None
+
+
+def _min_of(d: Dim | None) -> str | None:
+    """``S`` for a dim named ``Min(T, S)`` with ``T >= 2`` (module docstring, 4)."""
+    match = _MIN_DIM.fullmatch(d) if isinstance(d, str) else None
+    return match[2] if match and int(match[1]) >= 2 else None
+
+
+def _expand_dims(node: ir.Node, partials: dict) -> list[Dim | None] | None:
+    dims, shape = _dims(node.inputs[0]), partials.get(node.inputs[1])
+    return None if dims is None or shape is None else _broadcast(dims, shape)
+
+
+def _tile_dims(node: ir.Node, partials: dict) -> list[Dim | None] | None:
+    dims, repeats = _dims(node.inputs[0]), partials.get(node.inputs[1])
+    if dims is None or repeats is None or len(dims) != len(repeats):
+        return None
+    out: list[Dim | None] = []
+    for d, r in zip(dims, repeats, strict=True):
+        if r == 1 or d == 1:
+            out.append(d if r == 1 else r)
+        elif isinstance(d, int) and isinstance(r, int):
+            out.append(d * r)
+        else:
+            out.append(None)
+    return out
+
+
+_INDEX_OPS = {
+    "Range": _range_dims,
+    "Slice": _slice_dims,
+    "Expand": _expand_dims,
+    "Tile": _tile_dims,
+}
+
+_MIN_DIM = re.compile(r"Min\((\d+), (.+)\)")
+_BROADCAST_OPS = {
+    "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Where", "And", "Or", "Xor",
+    "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual",
+}  # fmt: skip
+
+
+def _equal_dims(graph: ir.Graph) -> dict[str, str]:
+    """{name: the name it equals} from broadcasts and Concats (module docstring, 4)."""
+    same: dict[str, str] = {}
+    for node in graph:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in _BROADCAST_OPS | {"Concat"}:
+            continue
+        shapes = [_dims(v) for v in node.inputs]
+        if any(d is None for d in shapes):
+            continue
+        if node.op_type != "Concat":
+            n = max(len(d) for d in shapes)
+            for column in zip(*([None] * (n - len(d)) + d for d in shapes), strict=True):
+                names = {d for d in column if isinstance(d, str)}
+                same.update((name, _min_of(name)) for name in names if _min_of(name) in names)
+            continue
+        out = _dims(node.outputs[0])
+        if out is None or any(len(d) != len(out) for d in shapes):
+            continue
+        axis = node.attributes.get_int("axis", 0) % len(out)
+        for i, d in enumerate(out):
+            column = [shape[i] for shape in shapes]
+            if not isinstance(d, str) or None in column or d in column:
+                continue
+            if i != axis and len(set(column)) == 1 and isinstance(column[0], str):
+                same[d] = column[0]
+            elif i == axis and all(isinstance(x, str) for x in column):
+                same[d] = " + ".join(column)
+    return same
+
+
+def _rename(graph: ir.Graph, same: dict[str, str]) -> bool:
+    """Rename dims in every value of ``graph`` (``same``: name -> new name)."""
+    renamed = False
+    for v in _graph_values(graph):
+        if v.shape is None or not any(not isinstance(d, int) and d.value in same for d in v.shape):
+            continue
+        v.shape = ir.Shape(
+            [d if isinstance(d, int) or d.value not in same else same[d.value] for d in v.shape]
+        )
+        renamed = True
+    return renamed
+
+
+def _graph_values(graph: ir.Graph) -> Iterator[ir.Value]:
+    yield from graph.inputs
+    for node in graph:
+        yield from node.outputs
+
+
 # -- constant shape arithmetic ---------------------------------------------------------------------
 def _attach_constants(graph: ir.Graph) -> list[ir.Value]:
-    """Evaluate shape arithmetic (see the module docstring); return the values given a
-    ``const_value``."""
-    known: dict[ir.Value, Partial] = {}
+    """Attach the shape arithmetic that is fully known as ``const_value`` (module docstring, 5);
+    return the values given one."""
     attached: list[ir.Value] = []
+    for out, result in _partials(graph).items():
+        node = out.producer()
+        if node is None or node.op_type == "Constant" or out.const_value is not None:
+            continue
+        if not all(_number(x) for x in result):
+            continue
+        scalar = out.shape is not None and out.shape.rank() == 0
+        array = np.array(result, dtype=_NUMPY_TYPES[out.dtype])
+        out.const_value = ir.tensor(array.reshape(()) if scalar else array, name=out.name)
+        attached.append(out)
+    return attached
+
+
+def _partials(graph: ir.Graph) -> dict[ir.Value, Partial]:
+    """The small 0-D/1-D integer and float values the graph computes from shapes, in part: a
+    number, a dim's name (str) or None (unknown) per element."""
+    known: dict[ir.Value, Partial] = {}
 
     def partial(v: ir.Value | None) -> Partial | None:
         if v is None:
@@ -184,25 +396,29 @@ def _attach_constants(graph: ir.Graph) -> list[ir.Value]:
             return None
         return [x.item() for x in array.reshape(-1)]
 
+    for v in graph.initializers.values():
+        if (value := partial(v)) is not None:
+            known[v] = value
     for node in graph:
         if node.domain not in ("", "ai.onnx") or len(node.outputs) != 1:
             continue
         out = node.outputs[0]
-        if out.dtype not in _NUMPY_TYPES or node.op_type == "Constant" or out.const_value:
+        if out.dtype not in _NUMPY_TYPES:
             continue
-        try:
-            result = _evaluate(node, partial)
-        except (ValueError, IndexError, TypeError, ZeroDivisionError, OverflowError):
-            result = None
-        if result is None or len(result) > _MAX_ELEMENTS:
-            continue
-        known[out] = result
-        if all(x is not None for x in result):
-            scalar = out.shape is not None and out.shape.rank() == 0
-            array = np.array(result, dtype=_NUMPY_TYPES[out.dtype])
-            out.const_value = ir.tensor(array.reshape(()) if scalar else array, name=out.name)
-            attached.append(out)
-    return attached
+        if node.op_type == "Constant" or out.const_value is not None:
+            result = partial(out)
+        else:
+            try:
+                result = _evaluate(node, partial)
+            except (ValueError, IndexError, TypeError, ZeroDivisionError, OverflowError):
+                result = None
+        if result is not None and len(result) <= _MAX_ELEMENTS:
+            known[out] = result
+    return known
+
+
+def _number(x: object) -> bool:
+    return isinstance(x, (int, float))
 
 
 def _small_constant(v: ir.Value) -> np.ndarray | None:
@@ -231,7 +447,7 @@ def _evaluate(node: ir.Node, partial) -> Partial | None:  # noqa: ANN001
         data = ins[0]
         if data is None or data.shape is None:
             return None
-        dims = [d if isinstance(d, int) else None for d in data.shape]
+        dims = [d if isinstance(d, int) else None if _anonymous(d) else d.value for d in data.shape]
         start = node.attributes.get_int("start", 0)
         end = node.attributes.get_int("end", len(dims))
         return dims[slice(start, end)]
@@ -245,15 +461,16 @@ def _evaluate(node: ir.Node, partial) -> Partial | None:  # noqa: ANN001
         return args[0]
     if op == "Cast" and args[0] is not None:
         to = node.attributes.get_int("to", 0)
-        convert = int if ir.DataType(to) in _INT_TYPES else float
-        return [None if x is None else convert(x) for x in args[0]]
+        if ir.DataType(to) in _INT_TYPES:
+            return [x if x is None or isinstance(x, str) else int(x) for x in args[0]]
+        return [float(x) if _number(x) else None for x in args[0]]
     if op == "Gather" and args[0] is not None and args[1] is not None:
-        if node.attributes.get_int("axis", 0) != 0 or None in args[1]:
+        if node.attributes.get_int("axis", 0) != 0 or not all(_number(i) for i in args[1]):
             return None
         return [args[0][int(i)] for i in args[1]]
     if op == "Slice" and args[0] is not None and all(a is not None for a in args[1:3]):
         steps = args[4] if len(args) > 4 and args[4] is not None else [1]
-        if len(args[1]) != 1 or None in args[1] + args[2] + steps:
+        if len(args[1]) != 1 or not all(_number(x) for x in args[1] + args[2] + steps):
             return None
         start, end, step = int(args[1][0]), int(args[2][0]), int(steps[0])
         return args[0][slice(start, end, step)]
@@ -269,12 +486,37 @@ def _evaluate(node: ir.Node, partial) -> Partial | None:  # noqa: ANN001
             return None
         dtype = _NUMPY_TYPES[node.outputs[0].dtype]
         return [
-            None if x is None or y is None else _ARITHMETIC[op](dtype(x), dtype(y)).item()
+            _ARITHMETIC[op](dtype(x), dtype(y)).item() if _number(x) and _number(y) else None
             for x, y in zip(a, b, strict=True)
         ]
+    if op == "Equal" and len(args) == 2 and all(a is not None for a in args):
+        return _elementwise(_equal, *args)
+    if op == "Where" and len(args) == 3 and all(a is not None for a in args):
+        return _elementwise(lambda c, x, y: None if c is None else x if c else y, *args)
     if op in _UNARY and args and args[0] is not None:
         dtype = _NUMPY_TYPES[node.outputs[0].dtype]
-        return [None if x is None else _UNARY[op](dtype(x)).item() for x in args[0]]
+        return [_UNARY[op](dtype(x)).item() if _number(x) else None for x in args[0]]
+    if op == "ConstantOfShape" and args[0] is not None and all(_number(x) for x in args[0]):
+        value = node.attributes.get_tensor("value")
+        fill = value.numpy().reshape(-1)[0].item() if value is not None else 0
+        return [fill] * math.prod(int(x) for x in args[0]) if len(args[0]) == 1 else None
+    return None
+
+
+def _elementwise(f, *args: Partial) -> Partial | None:  # noqa: ANN001
+    n = max(len(a) for a in args)
+    if any(len(a) not in (1, n) for a in args):
+        return None
+    return [f(*(a[i] if len(a) > 1 else a[0] for a in args)) for i in range(n)]
+
+
+def _equal(x: object, y: object) -> bool | None:
+    """``x == y`` where it is known: a dim's name never equals a negative number."""
+    if _number(x) and _number(y) or isinstance(x, str) and x == y:
+        return x == y
+    number = y if isinstance(x, str) else x
+    if isinstance(x, str) != isinstance(y, str) and _number(number) and number < 0:
+        return False
     return None
 
 

@@ -1,3 +1,5 @@
+import numpy as np
+import onnx_ir as ir
 import pytest
 
 from qgraph.passes.fuse_skip_layer_norm import FuseSkipLayerNorm
@@ -93,6 +95,57 @@ def test_positions_broadcast_over_the_batch(typed):
     assert op_types(check.after) == ["SkipLayerNormalization", "Add"]
 
 
+def _embeddings(table: int) -> ir.Model:
+    """TorchScript's BERT embeddings, no shape information: positions sliced from a [1, T]
+    table by the run-time sequence length, [1, Min(T, seq), H] added to [B, seq, H]."""
+    ids = ", ".join(str(i) for i in range(table))
+    return ir.from_onnx_text(f"""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (int64[batch,seq] ids, float[32,16] wemb, float[8,16] pemb, float[16] g, float[16] b)
+        => (float[batch,seq,16] y) {{
+        table = Constant <value = int64[1,{table}] {{{ids}}}> ()
+        shape = Shape (ids)
+        one = Constant <value = int64 {{1}}> ()
+        seq = Gather <axis = 0> (shape, one)
+        zero = Constant <value = int64[1] {{0}}> ()
+        end = Unsqueeze (seq, zero)
+        axes = Constant <value = int64[1] {{1}}> ()
+        step = Constant <value = int64[1] {{1}}> ()
+        positions = Slice (table, zero, end, axes, step)
+        w = Gather (wemb, ids)
+        p = Gather (pemb, positions)
+        r = Add (w, p)
+        y = LayerNormalization <axis = -1, epsilon = 1e-12> (r, g, b)
+    }}""")
+
+
+def _embedding_feeds(seq: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "ids": rng.integers(0, 32, (2, seq)),
+        **{
+            k: rng.standard_normal(s).astype(np.float32)
+            for k, s in [("wemb", (32, 16)), ("pemb", (8, 16)), ("g", 16), ("b", 16)]
+        },
+    }
+
+
+def test_embedding_positions_sliced_by_the_sequence_length():
+    check = check_pass(FuseSkipLayerNorm(), _embeddings(8), feeds=_embedding_feeds(5))
+    node = next(n for n in check.after.graph if n.op_type == "SkipLayerNormalization")
+    assert [v.name for v in node.inputs] == ["w", "p", "g", "b"]
+    assert "LayerNormalization" not in op_types(check.after)
+
+
+def test_does_not_fire_on_a_positions_table_of_one_row():
+    """Min(1, seq) is 1 for any sequence: a true broadcast along the sequence, not a skip."""
+    model = _embeddings(1)
+    check = check_pass(FuseSkipLayerNorm(), model, feeds=_embedding_feeds(5), expect_modified=False)
+    assert set(check.stats) == {
+        "skipped:residual operands are neither one rank-2/3 shape nor [B,S,H] + [1,S,H]"
+    }
+
+
 def test_does_not_fire_on_multi_axis_norm(typed):
     check = check_pass(FuseSkipLayerNorm(), typed(OVER_TWO_AXES), expect_modified=False)
     assert check.stats == {"skipped:gamma or bias is not 1-D over the hidden axis": 1}
@@ -111,14 +164,15 @@ def test_tiny_decoder_has_no_layer_norm(tiny_component):
 
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 def test_hf_bert_post_ln(exporter):
-    """2 layers x (attention output, FFN output) post-LNs, dense bias folded in; the embedding
-    sum's LayerNorm stays (positions [1, Min(64, seq), H]: not provably the sequence length)."""
+    """2 layers x (attention output, FFN output) post-LNs, dense bias folded in, and the
+    embedding sum's LayerNorm (positions [1, Min(64, seq), H], equal to the sequence length
+    wherever the graph runs: ``qgraph.shapes``)."""
     model = exported("bert", exporter)
     check = check_pass(FuseSkipLayerNorm(), model, feeds=feeds(model))
-    assert check.stats["fused"] == 4
-    assert op_types(check.after).count("LayerNormalization") == 1
+    assert check.stats["fused"] == 5
+    assert "LayerNormalization" not in op_types(check.after)
     fused = [n for n in check.after.graph if n.op_type == "SkipLayerNormalization"]
-    assert all(len(n.inputs) == 5 for n in fused)  # gamma, beta and the dense bias
+    assert sorted(len(n.inputs) for n in fused) == [4, 5, 5, 5, 5]  # embeddings: no dense bias
 
 
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])

@@ -33,16 +33,8 @@ from tests.corpus.score import count_model, fused_sites, max_abs_diff
 from tests.corpus.tools import run_qgraph
 from tests.export.whisper_bundles import tiny_whisper
 
-_EMB = "embedding sum + LayerNorm: the positions' shape is not provably [1,S,H] or [S,H]"
 XFAIL: dict[tuple[str, str], str] = {
     # (case, kind): why it is not fused yet -- the measured count (fused/expected) in the comment
-    ("bert/torchscript17", "skip-layer-norm"): _EMB,  # 4/5
-    ("bert/dynamo18", "skip-layer-norm"): _EMB,  # 4/5
-    ("bert/dynamo18-opt", "skip-layer-norm"): _EMB,  # 4/5
-    ("bert_tanh/torchscript17", "skip-layer-norm"): _EMB,  # 4/5
-    ("bert_tanh/dynamo18", "skip-layer-norm"): _EMB,  # 4/5
-    ("bert_tanh/dynamo18-opt", "skip-layer-norm"): _EMB,  # 4/5
-    ("whisper_decoder/torchscript17", "skip-layer-norm"): _EMB,  # 6/7
 }
 
 
