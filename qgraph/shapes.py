@@ -335,10 +335,11 @@ def _equal_dims(graph: ir.Graph) -> dict[str, str]:
             column = [shape[i] for shape in shapes]
             if not isinstance(d, str) or None in column or d in column:
                 continue
+            total = " + ".join(column) if all(isinstance(x, str) for x in column) else None
             if i != axis and len(set(column)) == 1 and isinstance(column[0], str):
                 same[d] = column[0]
-            elif i == axis and all(isinstance(x, str) for x in column):
-                same[d] = " + ".join(column)
+            elif i == axis and len(column) > 1 and total not in (None, d):
+                same[d] = total
     return same
 
 
