@@ -110,10 +110,10 @@ def greedy_batch(
         start = time.perf_counter()
         last = np.asarray([[t[-1]] for t in tokens])
         token_in = session.embed_table.lookup(last) if session.embed_table is not None else last
-        logits = cache.step(token_in, positions)
+        best = np.argmax(cache.step(token_in, positions)[:, -1], axis=-1)  # one pass, all rows
         for row in range(batch):
             if finish[row] is None:
-                tokens[row].append(int(np.argmax(logits[row, -1])))
+                tokens[row].append(int(best[row]))
                 positions[row, 0] += 1
                 finish[row] = done(row)
         timings.step_s.append(time.perf_counter() - start)
