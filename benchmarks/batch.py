@@ -5,8 +5,10 @@ The utterances are ``--utterances`` cuts of the built-in speech (lengths spread 
 ``B`` at a time with exactly ``--steps`` steps per batch (EOS ignored, so every batch size
 does the same token work). Per batch size: the median batched step (ms), decode tokens/s
 (``B`` / step), and the whole run's tokens/s including prefills. Batch sizes alternate within
-each round (``--rounds``); medians over rounds. Every batch size must give the tokens of batch
-1 (checked, reported as ``identical``).
+each round (``--rounds``); medians over rounds. Every batch size is checked against batch 1
+(``identical``; ``rows equal``: utterances whose tokens equal batch 1's) and against the
+smallest batched size (``same as batch 2``: ONNX Runtime's MatMulNBits takes a different
+kernel for one row than for several, see ``benchmarks/results/perf.md``).
 
     python benchmarks/batch.py BUNDLE [--sizes 1,2,4,8] [--steps 30] [--utterances 8]
                                       [--audio-seconds 11] [--rounds 3] [--threads N]
@@ -75,17 +77,29 @@ def main() -> None:
         features = session.encode(session.features(bench_audio(float(seconds))))
         jobs.append((features, session.prompt_for(features), args.steps + 1))
     reference, _ = run(session, jobs, 1)
+    batched = min((s for s in sizes if s > 1), default=1)
+    reference_batched, _ = run(session, jobs, batched)
     runs: dict[int, list[dict]] = {s: [] for s in sizes}
     identical = {s: True for s in sizes}
+    same_batched = {s: True for s in sizes}
+    rows_equal = {s: len(jobs) for s in sizes}
     for _ in range(args.rounds):
         for size in sizes:
             tokens, stats = run(session, jobs, size)
             identical[size] &= tokens == reference
+            same_batched[size] &= tokens == reference_batched
+            equal = sum(a == b for a, b in zip(tokens, reference, strict=True))
+            rows_equal[size] = min(rows_equal[size], equal)
             runs[size].append(stats)
     load_after = os.getloadavg()
     rows = []
     for size in sizes:
-        row = {"batch": size, "identical": identical[size]}
+        row = {
+            "batch": size,
+            "identical": identical[size],
+            "rows_equal": rows_equal[size],
+            f"same_as_batch_{batched}": same_batched[size],
+        }
         row.update({k: statistics.median(r[k] for r in runs[size]) for k in runs[size][0]})
         rows.append(row)
     base = rows[0]["decode_tokens_per_s"]
@@ -118,16 +132,19 @@ def main() -> None:
         f"{args.utterances} utterances of {lengths[0]:.1f}-{lengths[-1]:.1f} s, {args.steps} "
         f"steps each (EOS ignored); medians over {args.rounds} alternating rounds; load average "
         f"{load_before[0]:.1f} before, {load_after[0]:.1f} after ({os.cpu_count()} CPUs, "
-        "shared). `identical`: the same tokens as batch 1 for every utterance.",
+        f"shared). `identical`: the same tokens as batch 1 for every utterance; `rows equal`: "
+        f"utterances whose tokens equal batch 1's (fewest over rounds); `same as batch "
+        f"{batched}`: the same tokens as batch {batched} for every utterance.",
         "",
         "| batch | step ms | decode tokens/s | vs batch 1 | run tokens/s (incl. prefill) "
-        "| identical |",
-        "|---|---|---|---|---|---|",
+        f"| identical | rows equal | same as batch {batched} |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['batch']} | {r['step_ms']:.2f} | {r['decode_tokens_per_s']:.1f} | "
-            f"{r['speedup']:.2f}x | {r['run_tokens_per_s']:.1f} | {r['identical']} |"
+            f"{r['speedup']:.2f}x | {r['run_tokens_per_s']:.1f} | {r['identical']} | "
+            f"{r['rows_equal']}/{len(jobs)} | {r[f'same_as_batch_{batched}']} |"
         )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

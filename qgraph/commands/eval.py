@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -9,6 +10,13 @@ from qgraph.commands._accuracy import add_budget_options, print_report
 from qgraph.errors import RuntimeInputError
 
 NAME = "eval"
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def add_parser(sub) -> None:
@@ -37,6 +45,16 @@ def add_parser(sub) -> None:
         "teacher-forced KL, WER delta; exit 4 over --budget (qgraph.accuracy)",
     )
     add_budget_options(p)
+    p.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="decode N utterances at once (sorted by length), each decoder step serving all of "
+        "them; needs a qwen3-asr bundle compiled with static-kv-cache. Per-utterance seconds "
+        "are then the utterance's own log-mel and encoder time plus an equal share of its "
+        "batch's decoding (default: 1)",
+    )
     p.add_argument("--language", help="force the language (default: the model decides)")
     p.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime intra-op threads")
     p.add_argument("--limit", type=int, metavar="N", help="score only the first N utterances")
@@ -52,7 +70,12 @@ def run(args) -> int:
     from qgraph.runtime.eval import evaluate
 
     report = evaluate(
-        args.bundle, args.data, threads=args.threads, language=args.language, limit=args.limit
+        args.bundle,
+        args.data,
+        threads=args.threads,
+        language=args.language,
+        limit=args.limit,
+        batch=args.batch,
     )
     print(report.table())
     if args.json:
@@ -62,6 +85,8 @@ def run(args) -> int:
 
 def run_against(args) -> int:
     """``--against REF``: the bundle's loss against REF (``qgraph.accuracy.compare``)."""
+    if args.batch > 1:
+        raise RuntimeInputError("--batch applies to WER scoring (--data), not to --against")
     from qgraph.accuracy import AccuracyBudgetError, compare
 
     report = compare(

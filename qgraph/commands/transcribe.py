@@ -100,13 +100,9 @@ def run(args) -> int:
             raise RuntimeInputError(f"--context does not apply to {family} bundles")
         kwargs["context"] = args.context
     if args.batch > 1:
-        if getattr(session, "static_kv", None) is None:
-            raise RuntimeInputError(
-                "--batch needs a qwen3-asr bundle compiled with static-kv-cache "
-                "(qgraph compile IN -o OUT --passes static-kv-cache)"
-            )
-        from qgraph.runtime.batch import transcribe_many
+        from qgraph.runtime.batch import require_batching, transcribe_many
 
+        require_batching(session)
         results = transcribe_many(session, audios, batch_size=args.batch, **kwargs)
     else:
         results = [session.transcribe(a, **kwargs) for a in audios]

@@ -29,18 +29,26 @@ from qgraph.errors import RuntimeInputError
 from qgraph.runtime.session import Prompt, Timings, Transcript
 from qgraph.runtime.static_kv import StaticKvCache
 
-__all__ = ["greedy_batch", "transcribe_many"]
+__all__ = ["greedy_batch", "require_batching", "transcribe_many"]
 
 logger = logging.getLogger(__name__)
 
 
-def _cache(session: Any, batch: int) -> StaticKvCache:
-    """The session's static cache of ``batch`` rows (kept on the session for reuse)."""
-    if session.static_kv is None:
+def require_batching(session: Any) -> StaticKvCache:
+    """The session's static cache; a ``RuntimeInputError`` when the session cannot batch (a
+    stacked-cache Qwen3-ASR bundle, or another family's session)."""
+    static = getattr(session, "static_kv", None)
+    if static is None:
         raise RuntimeInputError(
-            "batched decoding needs a bundle compiled with static-kv-cache "
+            "batched decoding needs a qwen3-asr bundle compiled with static-kv-cache "
             "(qgraph compile IN -o OUT --passes static-kv-cache)"
         )
+    return static
+
+
+def _cache(session: Any, batch: int) -> StaticKvCache:
+    """The session's static cache of ``batch`` rows (kept on the session for reuse)."""
+    require_batching(session)
     if batch == 1:
         return session.static_kv
     caches = session.__dict__.setdefault("_batch_caches", {})
@@ -102,10 +110,10 @@ def greedy_batch(
         start = time.perf_counter()
         last = np.asarray([[t[-1]] for t in tokens])
         token_in = session.embed_table.lookup(last) if session.embed_table is not None else last
-        logits = cache.step(token_in, positions)
+        best = np.argmax(cache.step(token_in, positions)[:, -1], axis=-1)  # one pass, all rows
         for row in range(batch):
             if finish[row] is None:
-                tokens[row].append(int(np.argmax(logits[row, -1])))
+                tokens[row].append(int(best[row]))
                 positions[row, 0] += 1
                 finish[row] = done(row)
         timings.step_s.append(time.perf_counter() - start)

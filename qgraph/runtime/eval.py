@@ -17,6 +17,14 @@ not spelled out ("4" and "four" differ), and no spelling variants are merged.
 WER is corpus-level: (substitutions + deletions + insertions) / reference words, summed over
 utterances (jiwer's alignment). RTF is wall-clock seconds of ``transcribe`` (log-mel, encoder,
 decoder; audio file reading excluded) divided by audio seconds, per utterance and in total.
+
+Batched (``batch > 1``, a Qwen3-ASR bundle compiled with ``static-kv-cache``): the utterances
+are sorted by length and decoded ``batch`` at a time, every decode step serving all of them
+(``qgraph.runtime.batch``); the transcripts are the same as batch 1 wherever the decoder's
+kernels are (ONNX Runtime's int8-activation MatMulNBits can round a row differently with more
+rows; see ``benchmarks/results/perf.md``). An utterance's seconds are then its own log-mel and
+encoder time plus an equal share of its batch's prefills and steps, so the total is the wall
+clock of all batches; the report keeps the data folder's order.
 """
 
 from __future__ import annotations
@@ -218,24 +226,34 @@ def evaluate(
     threads: int | None = None,
     language: str | None = None,
     limit: int | None = None,
+    batch: int = 1,
 ) -> EvalReport:
-    """Transcribe and score every utterance of ``data_dir`` (the first ``limit`` if given).
+    """Transcribe and score every utterance of ``data_dir`` (the first ``limit`` if given),
+    ``batch`` utterances per decode step (see the module docstring; ``batch > 1`` raises
+    ``RuntimeInputError`` on a bundle that cannot batch, before any decoding).
 
     ``session`` overrides ``open_session(bundle_dir, threads=threads)``.
     """
+    if batch < 1:
+        raise RuntimeInputError(f"batch size must be >= 1, got {batch}")
     utterances = load_dataset(data_dir)[:limit]
     session = session if session is not None else open_session(bundle_dir, threads=threads)
+    if batch > 1:
+        from qgraph.runtime.batch import require_batching
+
+        require_batching(session)
+    samples = [load_audio(utt.audio, session.sample_rate) for utt in utterances]
+    if batch == 1:
+        decoded = [_timed_transcribe(session, s, language) for s in samples]
+    else:
+        decoded = _batched(session, samples, batch, language)
     results = []
-    for utt in utterances:
-        samples = load_audio(utt.audio, session.sample_rate)
-        start = time.perf_counter()
-        hypothesis = session.transcribe(samples, language=language).text
-        seconds = time.perf_counter() - start
+    for utt, audio, (hypothesis, seconds) in zip(utterances, samples, decoded, strict=True):
         words, sub, dele, ins = score(utt.text, hypothesis)
         results.append(
             UtteranceResult(
                 utt.id,
-                samples.size / session.sample_rate,
+                audio.size / session.sample_rate,
                 seconds,
                 utt.text.strip(),
                 hypothesis,
@@ -247,3 +265,36 @@ def evaluate(
         )
         logger.info("%s: %d/%d errors in %.2f s", utt.id, sub + dele + ins, words, seconds)
     return EvalReport(str(bundle_dir), str(data_dir), results)
+
+
+def _timed_transcribe(
+    session: Transcriber, samples: np.ndarray, language: str | None
+) -> tuple[str, float]:
+    """(hypothesis, wall-clock seconds) of one ``transcribe``."""
+    start = time.perf_counter()
+    text = session.transcribe(samples, language=language).text
+    return text, time.perf_counter() - start
+
+
+def _batched(
+    session: Any, samples: list[np.ndarray], batch: int, language: str | None
+) -> list[tuple[str, float]]:
+    """(hypothesis, seconds) per utterance in input order, decoded ``batch`` at a time in
+    length order; each utterance's seconds: its log-mel and encoder time plus an equal share of
+    the rest of its batch's wall clock (prefills and steps)."""
+    from qgraph.runtime.batch import transcribe_many
+
+    order = sorted(range(len(samples)), key=lambda i: samples[i].size)
+    out: dict[int, tuple[str, float]] = {}
+    for lo in range(0, len(order), batch):
+        rows = order[lo : lo + batch]
+        start = time.perf_counter()
+        transcripts = transcribe_many(
+            session, [samples[i] for i in rows], batch_size=len(rows), language=language
+        )
+        wall = time.perf_counter() - start
+        own = [t.timings.mel_s + t.timings.encoder_s for t in transcripts]
+        shared = max(wall - sum(own), 0.0) / len(rows)
+        for i, t, seconds in zip(rows, transcripts, own, strict=True):
+            out[i] = (t.text, seconds + shared)
+    return [out[i] for i in range(len(samples))]

@@ -129,3 +129,54 @@ def test_real_whisper_wer(tmp_path: Path, tmp_path_factory) -> None:
 
     report = evaluate(real_whisper(tmp_path_factory), _examples(tmp_path))
     assert report.wer < 0.25, report.table()  # tiny.en measures 16.7 % on these two clips
+
+
+def _clips(tmp_path: Path, seconds: tuple[float, ...]) -> Path:
+    """A data folder of speech cut to ``seconds`` (different lengths), each with a reference."""
+    from qgraph.runtime.bench import bench_audio
+
+    data = tmp_path / "clips"
+    data.mkdir()
+    for i, s in enumerate(seconds):
+        sf.write(data / f"u{i}.wav", bench_audio(s), 16000)
+        (data / f"u{i}.txt").write_text(EXAMPLE_TEXT)
+    return data
+
+
+def test_batched_eval_matches_batch_one(tmp_path: Path, tiny_static_bundles) -> None:
+    data = _clips(tmp_path, (2.0, 3.3, 1.2, 2.6, 4.0))
+    session = open_session(tiny_static_bundles["static"])
+    one = evaluate("static", data, session=session)
+    for batch in (2, 4):
+        report = evaluate("static", data, session=session, batch=batch)
+        assert [u.id for u in report.utterances] == [f"u{i}" for i in range(5)]
+        assert [u.hypothesis for u in report.utterances] == [u.hypothesis for u in one.utterances]
+        assert (report.words, report.errors) == (one.words, one.errors)
+        assert report.audio_s == pytest.approx(one.audio_s)
+        assert all(u.seconds > 0 for u in report.utterances) and report.rtf > 0
+    # a batch 1 decode of distinct texts: the comparison above is not vacuous
+    assert len({u.hypothesis for u in one.utterances}) > 1
+
+
+def test_batched_eval_cli_and_bad_bundle(tmp_path: Path, tiny_static_bundles, capsys) -> None:
+    from qgraph.cli import main
+
+    data = _clips(tmp_path, (1.2, 2.0, 2.6))
+    out = tmp_path / "report.json"
+    static = str(tiny_static_bundles["static"])
+    assert main(["eval", static, "--data", str(data), "--batch", "2", "--json", str(out)]) == 0
+    assert "3 utterances" in capsys.readouterr().out
+    want = evaluate(static, data).to_dict()["utterances"]
+    got = json.loads(out.read_text())["utterances"]
+    assert [u["hypothesis"] for u in got] == [u["hypothesis"] for u in want]
+
+    stacked = str(tiny_static_bundles["default"])
+    assert main(["eval", stacked, "--data", str(data), "--batch", "2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "static-kv-cache" in err[0], err
+    with pytest.raises(RuntimeInputError, match="static-kv-cache"):
+        evaluate(stacked, data, batch=4)
+    with pytest.raises(RuntimeInputError, match="static-kv-cache"):
+        evaluate("whisper", data, session=_Fake({}), batch=2)
+    assert main(["eval", static, "--against", stacked, "--batch", "2"]) != 0
+    assert "--batch applies" in capsys.readouterr().err

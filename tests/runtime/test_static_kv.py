@@ -1,31 +1,10 @@
 """The static KV-cache layout (``static-kv-cache``) at run time: token-exact with the stacked
 layout, buffers updated in place through I/O binding, merged or as two sessions."""
 
-from pathlib import Path
-
 import numpy as np
-import pytest
 
 from qgraph.examples import example_audio
 from qgraph.runtime import AsrSession
-
-
-def compile_(tiny_raw: Path, out: Path, passes: str) -> Path:
-    from qgraph.cli import main
-
-    assert main(["compile", str(tiny_raw), "-o", str(out), "--passes", passes, "-q"]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def bundles(tiny_raw: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("static")
-    default = compile_(tiny_raw, base / "default", "default")
-    return {
-        "default": default,
-        "static": compile_(default, base / "static", "static-kv-cache"),
-        "fixed": compile_(default, base / "fixed", "static-kv-cache{max_len=128}"),
-    }
 
 
 def decode(session: AsrSession, steps: int) -> tuple[list[int], list[np.ndarray]]:
@@ -42,24 +21,24 @@ def decode(session: AsrSession, steps: int) -> tuple[list[int], list[np.ndarray]
     return tokens, all_logits
 
 
-def test_token_exact_with_the_stacked_layout(bundles):
-    ref_tokens, ref_logits = decode(AsrSession(bundles["default"]), 40)
+def test_token_exact_with_the_stacked_layout(tiny_static_bundles):
+    ref_tokens, ref_logits = decode(AsrSession(tiny_static_bundles["default"]), 40)
     for name in ("static", "fixed"):
         for share in (True, False):
-            session = AsrSession(bundles[name], share_weights=share)
+            session = AsrSession(tiny_static_bundles[name], share_weights=share)
             assert session.static_kv is not None and session.merged_decoders == share
             tokens, logits = decode(session, 40)
             assert tokens == ref_tokens, (name, share)
             np.testing.assert_allclose(np.stack(logits), np.stack(ref_logits), atol=1e-4)
 
 
-def test_transcribe_and_capacity(bundles):
-    ref = AsrSession(bundles["default"]).transcribe(example_audio(), max_tokens=30)
-    grown = AsrSession(bundles["static"])
+def test_transcribe_and_capacity(tiny_static_bundles):
+    ref = AsrSession(tiny_static_bundles["default"]).transcribe(example_audio(), max_tokens=30)
+    grown = AsrSession(tiny_static_bundles["static"])
     assert grown.capacity is None
     assert grown.transcribe(example_audio(), max_tokens=30).token_ids == ref.token_ids
     assert grown.static_kv.capacity >= ref.prompt_length + 30
-    fixed = AsrSession(bundles["fixed"])
+    fixed = AsrSession(tiny_static_bundles["fixed"])
     assert fixed.capacity == 128
     out = fixed.transcribe(example_audio(), max_tokens=200)
     assert out.finish_reason == "cache_full"
@@ -67,8 +46,8 @@ def test_transcribe_and_capacity(bundles):
     assert out.token_ids[:30] == ref.token_ids[:30]
 
 
-def test_buffers_are_updated_in_place(bundles):
-    session = AsrSession(bundles["static"])
+def test_buffers_are_updated_in_place(tiny_static_bundles):
+    session = AsrSession(tiny_static_bundles["static"])
     keys, values = session.random_past(10)
     buffer = session.static_kv.buffers["past_key_values.1.key"]
     before = buffer.copy()
@@ -79,18 +58,20 @@ def test_buffers_are_updated_in_place(bundles):
     np.testing.assert_array_equal(buffer[:, :, 11:], before[:, :, 11:])
 
 
-def test_bench_runs_on_the_static_layout(bundles):
+def test_bench_runs_on_the_static_layout(tiny_static_bundles):
     from qgraph.runtime.bench import run_bench
 
-    result = run_bench(bundles["static"], audio_seconds=2.0, steps=3, repeat=1, past_tokens=20)
+    result = run_bench(
+        tiny_static_bundles["static"], audio_seconds=2.0, steps=3, repeat=1, past_tokens=20
+    )
     assert result.decoder_step_ms > 0 and result.decoder_sessions == 1
 
 
-def test_batched_decoding_matches_batch_one(bundles):
+def test_batched_decoding_matches_batch_one(tiny_static_bundles):
     from qgraph.runtime.batch import transcribe_many
     from qgraph.runtime.bench import bench_audio
 
-    session = AsrSession(bundles["static"])
+    session = AsrSession(tiny_static_bundles["static"])
     audios = [bench_audio(s) for s in (2.0, 3.3, 1.2, 2.6, 4.0)]
     reference = [session.transcribe(a, max_tokens=25).token_ids for a in audios]
     for size in (1, 2, 4):
@@ -99,10 +80,10 @@ def test_batched_decoding_matches_batch_one(bundles):
         assert all(t.prompt_length > 0 and t.timings.step_s for t in out)
 
 
-def test_batched_steps_share_one_cache_with_rows_at_their_own_positions(bundles):
+def test_batched_steps_share_one_cache_with_rows_at_their_own_positions(tiny_static_bundles):
     from qgraph.runtime.batch import greedy_batch
 
-    session = AsrSession(bundles["static"])
+    session = AsrSession(tiny_static_bundles["static"])
     samples = session.read_audio(example_audio())
     features = session.encode(session.features(samples))
     prompt = session.prompt_for(features)
@@ -114,23 +95,36 @@ def test_batched_steps_share_one_cache_with_rows_at_their_own_positions(bundles)
     assert [len(t) for t, _ in out] == [12, 5] and {r for _, r in out} == {"max_tokens"}
 
 
-def test_cli_batch(bundles, capsys):
+def test_cli_batch(tiny_static_bundles, capsys):
     from qgraph.cli import main
 
     audio = str(example_audio())
-    argv = ["transcribe", str(bundles["static"]), audio, audio, "--batch", "2", "--max-tokens", "4"]
+    argv = [
+        "transcribe",
+        str(tiny_static_bundles["static"]),
+        audio,
+        audio,
+        "--batch",
+        "2",
+        "--max-tokens",
+        "4",
+    ]
     assert main(argv) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[0] == lines[1] and lines[0].startswith(audio + "\t")
-    assert main(["transcribe", str(bundles["default"]), audio, "--batch", "2"]) != 0
+    assert main(["transcribe", str(tiny_static_bundles["default"]), audio, "--batch", "2"]) != 0
 
 
-def test_prepacked_weights_cache(bundles, tmp_path):
-    ref = AsrSession(bundles["static"]).transcribe(example_audio(), max_tokens=20).token_ids
+def test_prepacked_weights_cache(tiny_static_bundles, tmp_path):
+    ref = (
+        AsrSession(tiny_static_bundles["static"])
+        .transcribe(example_audio(), max_tokens=20)
+        .token_ids
+    )
     for _ in range(2):  # the first load writes the cache, the second maps it
-        session = AsrSession(bundles["static"], prepack_dir=tmp_path)
+        session = AsrSession(tiny_static_bundles["static"], prepack_dir=tmp_path)
         assert session.transcribe(example_audio(), max_tokens=20).token_ids == ref
     assert len([p for p in tmp_path.iterdir() if (p / "model.data").is_file()]) == 2
     # the stacked layout's decoder packs at load (only its encoder is cached)
-    AsrSession(bundles["default"], prepack_dir=tmp_path / "stacked")
+    AsrSession(tiny_static_bundles["default"], prepack_dir=tmp_path / "stacked")
     assert len(list((tmp_path / "stacked").iterdir())) == 1
