@@ -118,6 +118,11 @@ def test_layout_and_idempotence(fp32: Path) -> None:
             if any(i is not None and i.name.startswith("past_key_values.") for i in n.inputs)
         }
         assert "Concat" not in readers and "Shape" not in readers
+    cached = next(b for b in branches if b.name == "with_past")
+    cross = [n for n in cached if n.op_type == "MultiHeadAttention"]
+    assert [n.inputs[1].name for n in cross] == [  # fuse-mha: the stored BNSH cache, no copy
+        f"past_key_values.{i}.encoder.key" for i in range(2)
+    ]
     p.reset_stats()
     assert not p(model).modified and p.stats == {"skipped:already static": 1}
 
