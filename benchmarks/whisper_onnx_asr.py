@@ -49,7 +49,7 @@ log = logging.getLogger("whisper_onnx_asr")
 VARIANTS = {"fp32": "fp32", "int4-dec": "fp32,quantize-int4"}
 STATIC = "static-kv-cache,remove-unused"
 PASTS = (16, 64, 192)
-STEP_REPEAT = 30
+STEP_REPEAT = 20
 
 
 def _words(text: str) -> list[str]:
@@ -57,10 +57,10 @@ def _words(text: str) -> list[str]:
 
 
 class QgraphRunner:
-    def __init__(self, name: str, bundle: Path):
+    def __init__(self, name: str, bundle: Path, threads: int | None):
         from qgraph.runtime.whisper import WhisperSession
 
-        self.name, self.session = name, WhisperSession(bundle)
+        self.name, self.session = name, WhisperSession(bundle, threads=threads)
 
     def transcribe(self, samples: np.ndarray) -> tuple[str, list[float]]:
         out = self.session.transcribe(samples)
@@ -88,11 +88,15 @@ class QgraphRunner:
 
 
 class OnnxAsrRunner:
-    def __init__(self, name: str, bundle: Path):
+    def __init__(self, name: str, bundle: Path, threads: int | None):
         import onnx_asr
+        import onnxruntime
 
         self.name = name
-        self.model = onnx_asr.load_model("whisper", str(bundle))
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.model = onnx_asr.load_model("whisper", str(bundle), sess_options=options)
         self.asr = getattr(self.model, "asr", self.model)  # the WhisperHf under the adapter
         self._steps: list[float] = []
         decode = self.asr._decode
@@ -193,8 +197,9 @@ def markdown(results: dict, meta: dict) -> str:
     lines = [
         "# Whisper tiny.en: qgraph's runtime vs onnx-asr on the same bundle",
         "",
-        f"{meta['machine']}; ORT {meta['onnxruntime']}, onnx-asr {meta['onnx_asr']}, default "
-        f"threads; load average {meta['load_before']} before, {meta['load_after']} after "
+        f"{meta['machine']}; ORT {meta['onnxruntime']}, onnx-asr {meta['onnx_asr']}, "
+        f"intra-op threads: {meta['threads']}; load average {meta['load_before']} before, "
+        f"{meta['load_after']} after "
         "(shared machine: compare within this table only). "
         f"{meta['clips']} espeak-ng sentences ({meta['audio_s']:.1f} s of audio), "
         f"{meta['rounds']} alternating rounds, medians. Command: `{meta['command']}`.",
@@ -216,9 +221,8 @@ def markdown(results: dict, meta: dict) -> str:
                 ratio = "" if name == "onnx-asr" else f" ({row[c] / base[c]:.2f}x)"
                 cells.append(f"{row[c]:.4f}{ratio}" if c == "rtf" else f"{row[c]:.2f}{ratio}")
             same = "yes" if row["same_words"] else "no"
-            lines.append(
-                f"| {variant} | {name} | " + " | ".join(cells) + f" | {row['tokens']:.0f} | {same} |"
-            )
+            tail = f" | {row['tokens']:.0f} | {same} |"
+            lines.append(f"| {variant} | {name} | " + " | ".join(cells) + tail)
     lines += ["", "Pipelines: " + ", ".join(f"{k}: `{v}`" for k, v in VARIANTS.items()), ""]
     return "\n".join(lines)
 
@@ -229,6 +233,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--out", default="whisper_onnx_asr")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="ORT intra-op threads for every runner (0: ORT's)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     import onnx_asr
@@ -247,10 +254,11 @@ def main() -> None:
             qgraph("compile", str(raw), "-o", str(bundle), "--passes", VARIANTS[variant], "-q")
         if not (static / "qgraph.json").exists():
             qgraph("compile", str(bundle), "-o", str(static), "--passes", STATIC, "-q")
+        threads = args.threads or None
         runners = [
-            OnnxAsrRunner("onnx-asr", bundle),
-            QgraphRunner("qgraph", bundle),
-            QgraphRunner("qgraph-static", static),
+            OnnxAsrRunner("onnx-asr", bundle, threads),
+            QgraphRunner("qgraph", bundle, threads),
+            QgraphRunner("qgraph-static", static, threads),
         ]
         results[variant] = measure(runners, clips, args.rounds)
     meta = {
@@ -262,8 +270,9 @@ def main() -> None:
         "clips": len(clips),
         "audio_s": sum(s.size for _, s in clips) / 16000,
         "rounds": args.rounds,
+        "threads": args.threads or "ORT default",
         "command": "python benchmarks/whisper_onnx_asr.py "
-        f"--rounds {args.rounds} --variants {args.variants}",
+        f"--rounds {args.rounds} --variants {args.variants} --threads {args.threads}",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(
