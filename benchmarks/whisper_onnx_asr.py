@@ -272,7 +272,8 @@ def main() -> None:
         "rounds": args.rounds,
         "threads": args.threads or "ORT default",
         "command": "python benchmarks/whisper_onnx_asr.py "
-        f"--rounds {args.rounds} --variants {args.variants} --threads {args.threads}",
+        f"--rounds {args.rounds} --variants {args.variants} --threads {args.threads}"
+        + (f" --out {args.out}" if args.out != "whisper_onnx_asr" else ""),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(
