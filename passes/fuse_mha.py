@@ -86,10 +86,9 @@ def _stored_bnsh(site: Attention) -> bool:
         return False
     for v in (site.k_new, site.v_new):
         node = v.producer()
-        if node is not None and node.op_type == "Transpose" or (
-            node is not None and (node.domain, node.op_type) == (MS, "RotaryEmbedding")
-        ):
-            return False
+        kind = (node.domain, node.op_type) if node is not None else None
+        if kind in (("", "Transpose"), (MS, "RotaryEmbedding")):
+            return False  # a head split (to_bsd reads its [B,S,H*D] source without a copy)
     return True
 
 
