@@ -17,7 +17,11 @@ causal + padding mask built from a 2-D ``attention_mask`` (left or right padding
 the encoder's windowed self-attention, and the padded decoder attention ``fuse-gqa`` refuses.
 
 Grouped heads (repeat_kv, no cache): the keys/values attention reads, repeat_kv's [B,H,L,D]
-outputs, go in as they are (MultiHeadAttention's BNSH key/value), q as [B,S,H*D].
+outputs, go in as they are (MultiHeadAttention's BNSH key/value), q as [B,S,H*D]. So do
+keys/values that are stored [B,H,L,D] tensors rather than head splits of a projection (a
+cross-attention cache read from a graph input: Whisper's cached branch reads
+``past_key_values.{i}.encoder.*`` at every step, and a [B,L,H*D] view of it would be a
+transposed copy of the whole cache per call).
 
 A past cache (``Concat(past, new, axis=2)`` [-> repeat_kv]) that ``fuse-gqa`` leaves (a
 padding mask from a 2-D ``attention_mask``; a causal mask with several queries and batch > 1):
@@ -71,6 +75,21 @@ def _concat_dims(site: Attention, axis: int) -> bool:
     if axis == 0:
         return same_dim(site.k_new, 0, site.q, 0) and same_dim(site.v_new, 0, site.q, 0)
     return same_dim(site.past_k, 2, site.past_v, 2) and same_dim(site.k_new, 2, site.v_new, 2)
+
+
+def _stored_bnsh(site: Attention) -> bool:
+    """Keys and values read as stored [B,H,L,D] tensors (a cross-attention cache fed as a graph
+    input, e.g. Whisper's ``past_key_values.{i}.encoder.*``), not head splits of [B,L,H*D]
+    projections: as [B,L,H*D] they would be transposed -- copied -- at every call, so they go
+    in as BNSH key/value (MultiHeadAttention's cross-attention format) as they are."""
+    if site.past_k is not None or site.k_bshd is not None or not _bnsh(site):
+        return False
+    for v in (site.k_new, site.v_new):
+        node = v.producer()
+        kind = (node.domain, node.op_type) if node is not None else None
+        if kind in (("", "Transpose"), (MS, "RotaryEmbedding")):
+            return False  # a head split (to_bsd reads its [B,S,H*D] source without a copy)
+    return True
 
 
 def _head_axis_ok(mask: ir.Value, heads: int) -> bool:
@@ -139,7 +158,7 @@ class FuseMultiHeadAttention(GraphPass):
         caches: dict[ir.Graph, dict] = {}  # a value computed once serves one graph only
         for site in sites:
             b = Builder()
-            if site.kv_heads != site.heads or site.past_k is not None:  # as read: [B,H,L,D]
+            if site.kv_heads != site.heads or site.past_k is not None or _stored_bnsh(site):
                 q, k, v = to_bsd(b, site.q, site.heads), site.k_bnsh, site.v_bnsh
             else:
                 q, k, v = site.bsd_inputs(b)

@@ -28,12 +28,43 @@ Both decoders get the same I/O names, so the runtime still runs them as the bran
 merged session (``qgraph.runtime.merged``). The prefill's positions must be ``arange(S)`` so
 that GroupQueryAttention sees a first prompt (``total_sequence_length == S``).
 
-Does not fire (``skipped:<reason>``): no GroupQueryAttention; no ``position_ids`` input of
+**Merged decoder** (Whisper's ``decoder_model_merged``: an ``If`` on ``use_cache_branch``,
+after ``fuse-gqa`` and ``fuse-mha``; ``H`` heads, layer ``i``)::
+
+    cached branch:  k = Concat(past_key_values.{i}.decoder.key, k_new, axis 2) -> present
+                    MultiHeadAttention(q * c, k, v, attention_bias=causal mask)
+    prompt branch:  GroupQueryAttention(q * c, k, v, -, -, seqlens, total) -> present
+    Shape(past_key_values.{i}.decoder.*)[2]: the past length (positions, causal mask)
+  ->
+    position_ids [batch_size, decoder_sequence_length] (new input, after input_ids)
+    both branches:  GroupQueryAttention(q, k, v, past_key_values.{i}.decoder.key/value,
+                        seqlens_k, total_sequence_length, num_heads=kv_num_heads=H,
+                        scale=scale * c) -> present.{i}.decoder.key/value
+    past length = ReduceMin(position_ids)  (Shape(past)[2] reads it; the buffer's dim 2 is
+                  its capacity)
+
+``past_key_values.{i}.decoder.*`` / ``present.{i}.decoder.*`` keep their names and become
+``[batch_size, H, max_len, head_dim]`` buffers; the cross-attention caches
+(``.encoder.``, computed once by the prompt branch, read by every cached call) and every other
+input and output are unchanged. The query's scalar ``Mul`` (Whisper scales q by
+``head_dim**-0.5`` after the projection) folds into the op's ``scale``; the causal mask of the
+cached branch (checked causal, as ``fuse-gqa`` checks it) and the position arithmetic on the
+past's shape become dead. Rows of a batch share one past length here (the learned position
+embedding reads the one past length, as the exported graph did), and a cached call with
+several new tokens needs batch 1 (ONNX Runtime's GroupQueryAttention). A client that feeds
+the dynamic layout (onnx-asr, Transformers.js) fails on the missing ``position_ids`` input
+instead of decoding wrongly: the default layout on disk stays the dynamic one.
+
+Does not fire (``skipped:<reason>``): no GroupQueryAttention;
+on a merged decoder: already static (a ``position_ids`` input), a self-attention that is not
+the two fused forms above (e.g. ``fuse-mha`` not run), a past read by anything but its Concat
+and Shape nodes, a mask that is not causal; no ``position_ids`` input of
 rank 2; a present output not stacked by Unsqueeze(0) + Concat(axis 0) into a graph output
 (``already per-layer`` when the graph already has ``present.{i}.key`` outputs); a past not read
 by Gather(constant i, axis 0) from a stacked graph input; kv heads or head size not static;
 the stacked tensors used by anything else.
-Scope: the main graph of ``prefill`` and ``step`` components (``on=`` to change).
+Scope: the main graph of ``prefill`` and ``step`` components, the branches of a
+``merged-decoder`` (``on=`` to change).
 ``--verify-each`` compares exactly when the generated position ids continue the generated past:
 ``--verify-dims past=0`` (the default past of 8 with positions from 0 is not a state the
 runtime produces).
@@ -47,9 +78,10 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from qgraph.families import PREFILL, STEP
+from qgraph.families import MERGED_DECODER, PREFILL, STEP
 from qgraph.pass_api import GraphPass, option
 from qgraph.passes._rewrite import MS, Builder, const_ints, remove_dead, static_dim
+from qgraph.passes._static_merged import SELF_PAST, cache_if, find_layers, merged_feeds, rewrite
 
 PAST = "past_key_values.{i}.{kind}"
 PRESENT = "present.{i}.{kind}"
@@ -105,8 +137,11 @@ class StaticKvCache(GraphPass):
 
     name = "static-kv-cache"
     category = "bundle"
-    default_roles = (PREFILL, STEP)
-    must_follow = {"fuse-gqa": "the rewrite reads GroupQueryAttention's past and present"}
+    default_roles = (PREFILL, STEP, MERGED_DECODER)
+    must_follow = {
+        "fuse-gqa": "the rewrite reads GroupQueryAttention's past and present",
+        "fuse-mha": "a merged decoder's cached self-attention is read as MultiHeadAttention",
+    }
     max_len: int = option(
         0,
         "cache positions per buffer (0: a symbolic max_len dim, sized by the runtime per "
@@ -115,6 +150,9 @@ class StaticKvCache(GraphPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
+        iff = cache_if(graph)
+        if iff is not None:
+            return self._merged(model, iff)
         gqas = [n for n in graph if n.op_type == "GroupQueryAttention" and n.domain == MS]
         names = {v.name for v in graph.outputs}
         if not gqas:
@@ -132,6 +170,18 @@ class StaticKvCache(GraphPass):
             self.count(f"skipped:{layers}")
             return ir.passes.PassResult(model, False)
         self._rewrite(model, positions, layers)
+        self.count("layers", len(layers))
+        return ir.passes.PassResult(model, True)
+
+    def _merged(self, model: ir.Model, iff: ir.Node) -> ir.passes.PassResult:
+        if any(v.name == "position_ids" for v in model.graph.inputs):
+            self.count("skipped:already static")
+            return ir.passes.PassResult(model, False)
+        layers = find_layers(model, iff)
+        if isinstance(layers, str):
+            self.count(f"skipped:{layers}")
+            return ir.passes.PassResult(model, False)
+        rewrite(model, iff, layers, self.max_len)
         self.count("layers", len(layers))
         return ir.passes.PassResult(model, True)
 
@@ -218,11 +268,20 @@ class StaticKvCache(GraphPass):
     # -- verification hooks ------------------------------------------------------------------
     def adapt_feeds(self, component: str, feeds: dict, bundle: Any) -> dict:
         model = bundle.components.get(component) if bundle is not None else None
-        return static_feeds(model, feeds, self.max_len) if model is not None else feeds
+        if model is None:
+            return feeds
+        if cache_if(model.graph) is not None:
+            return merged_feeds(model, feeds, self.max_len)
+        return static_feeds(model, feeds, self.max_len)
 
     def adapt_reference(self, component: str, outputs: dict) -> dict:
         """Stacked presents -> per-layer presents, zero-padded to ``max_len`` when static."""
         out = {k: v for k, v in outputs.items() if k not in ("present_keys", "present_values")}
+        for name, value in out.items():  # a merged decoder's presents: [B, H, P+S, D]
+            past = name.replace("present.", "past_key_values.", 1)
+            if SELF_PAST.fullmatch(past) and self.max_len > value.shape[2]:
+                pad = self.max_len - value.shape[2]
+                out[name] = np.pad(value, ((0, 0), (0, 0), (0, pad), (0, 0)))
         for kind, name in (("key", "present_keys"), ("value", "present_values")):
             stacked = outputs.get(name)
             if stacked is None:

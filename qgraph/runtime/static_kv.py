@@ -15,6 +15,12 @@ The buffers hold ``capacity`` positions: a fixed ``max_len`` when the graph decl
 what ``reserve`` asks for (prompt + token budget; grown, contents kept, when a step needs more).
 The cache object stands in for the (keys, values) pair of the stacked layout, so the greedy loop
 of ``qgraph.runtime.qwen3`` runs both layouts unchanged.
+
+Whisper's merged decoder (``qgraph.runtime.whisper``) names its buffers
+``past_key_values.{i}.decoder.{key,value}`` (``names``) and has inputs that change once per
+utterance, not per step (the encoder states and the cross-attention caches the prefill
+computed): ``bind_step_inputs`` binds those to the step, ``prefill(..., outputs=...)`` returns
+the prefill outputs it should keep as OrtValues (no numpy copy).
 """
 
 from __future__ import annotations
@@ -44,6 +50,11 @@ def is_static(step: Component) -> bool:
     return PAST.format(i=0, kind="key") in step.input_types
 
 
+def present_name(past: str) -> str:
+    """``past_key_values.X`` -> ``present.X``."""
+    return past.replace("past_key_values.", "present.", 1)
+
+
 def _fill(component: Component) -> Mapping[str, np.ndarray]:
     """Inputs a merged-session branch needs besides its own (empty tensors, branch flag)."""
     return getattr(component, "fill", {})
@@ -52,22 +63,37 @@ def _fill(component: Component) -> Mapping[str, np.ndarray]:
 class StaticKvCache:
     """Per-layer KV buffers of ``batch`` rows, bound to the prefill and step decoders."""
 
-    def __init__(self, prefill: Component, step: Component, token_input: str, batch: int = 1):
+    def __init__(
+        self,
+        prefill: Component,
+        step: Component,
+        token_input: str,
+        batch: int = 1,
+        *,
+        names: list[str] | None = None,
+    ):
+        """``names``: the buffers' past input names (default: every ``past_key_values.{i}.key``
+        / ``.value`` of the step); each has its present output ``present.*`` of the same shape."""
         self.prefill_component, self.step_component = prefill, step
         self.token_input = token_input
         self.batch = batch
-        self.layers = sum(1 for n in step.input_types if n.startswith("past_key_values."))
-        self.layers //= len(KINDS)
-        shape = step.input_shapes[PAST.format(i=0, kind="key")]
+        if names is None:
+            names = [n for n in step.input_types if n.startswith("past_key_values.")]
+        if not names:
+            raise RuntimeInputError("static KV cache: the step has no past_key_values.* input")
+        self.names = names
+        shape = step.input_shapes[names[0]]
         self.heads, length, self.head_size = shape[1], shape[2], shape[3]
         if not all(isinstance(d, int) for d in (self.heads, self.head_size)):
             raise RuntimeInputError("static KV cache: kv heads and head size must be static")
         self.fixed: int | None = length if isinstance(length, int) else None
-        self.dtype = step.input_types[PAST.format(i=0, kind="key")]
-        for i in range(self.layers):
-            for kind in KINDS:
-                if PRESENT.format(i=i, kind=kind) not in step.output_names:
-                    raise RuntimeInputError(f"static KV cache: no output present.{i}.{kind}")
+        self.dtype = step.input_types[names[0]]
+        for name in names:
+            if present_name(name) not in step.output_names:
+                raise RuntimeInputError(f"static KV cache: no output {present_name(name)}")
+        self._step_inputs: dict[str, Any] = {}
+        self.outputs: dict[str, Any] = {}
+        """The extra outputs of the last ``prefill`` (OrtValues), by name."""
         self.capacity = 0
         self.buffers: dict[str, np.ndarray] = {}
         self._values: dict[str, Any] = {}
@@ -88,13 +114,11 @@ class StaticKvCache:
         shape = (self.batch, self.heads, capacity, self.head_size)
         old, used = self.buffers, self.capacity
         self.buffers = {}
-        for i in range(self.layers):
-            for kind in KINDS:
-                name = PAST.format(i=i, kind=kind)
-                buf = np.zeros(shape, self.dtype)
-                if name in old:
-                    buf[:, :, :used] = old[name][:, :, :used]
-                self.buffers[name] = buf
+        for name in self.names:
+            buf = np.zeros(shape, self.dtype)
+            if name in old:
+                buf[:, :, :used] = old[name][:, :, :used]
+            self.buffers[name] = buf
         self.capacity = capacity
         self._bind()
         logger.debug("static KV cache: %d positions x %d rows", capacity, self.batch)
@@ -129,11 +153,29 @@ class StaticKvCache:
             io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
         self._bind_cache(io)
         self._step_io, self._keep = io, keep
+        self.bind_step_inputs(self._step_inputs)
+
+    def bind_step_inputs(self, values: Mapping[str, Any]) -> None:
+        """Bind ``values`` (OrtValues or numpy arrays, kept alive here) as step inputs until
+        bound again: inputs that stay for an utterance (Whisper's encoder states and
+        cross-attention caches)."""
+        import onnxruntime as ort
+
+        self._step_inputs = {**self._step_inputs, **values}
+        if self._step_io is None:
+            return
+        for name, value in values.items():
+            if isinstance(value, np.ndarray):
+                dtype = self.step_component.input_types[name]
+                value = self._step_inputs[name] = np.ascontiguousarray(value, dtype=dtype)
+                value = ort.OrtValue.ortvalue_from_numpy(value)
+            self._step_io.bind_ortvalue_input(name, value)
+            self._keep.append(value)
 
     def _bind_cache(self, io: Any) -> None:
         for name, value in self._values.items():
             io.bind_ortvalue_input(name, value)
-            io.bind_ortvalue_output(name.replace("past_key_values.", "present."), value)
+            io.bind_ortvalue_output(present_name(name), value)
 
     @staticmethod
     def _vocab(step: Component) -> int:
@@ -144,10 +186,17 @@ class StaticKvCache:
         return vocab
 
     # -- running ------------------------------------------------------------------------------
-    def prefill(self, feeds: Mapping[str, np.ndarray], row: int | None = None) -> np.ndarray:
+    def prefill(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        row: int | None = None,
+        outputs: tuple[str, ...] = (),
+    ) -> np.ndarray:
         """Run the prefill on ``feeds`` (ids, positions arange(S), features, offset) for every
         row at once, or for batch row ``row`` alone (feeds of batch 1, written into that row's
-        slice of the buffers); the buffers receive positions ``[0, S)``. Returns the logits."""
+        slice of the buffers); the buffers receive positions ``[0, S)``. Returns the logits;
+        the ``outputs`` named (besides logits and the buffers) land in ``self.outputs`` as
+        OrtValues."""
         import onnxruntime as ort
 
         seq = int(np.asarray(feeds["position_ids"]).shape[1])
@@ -155,6 +204,8 @@ class StaticKvCache:
         component = self.prefill_component
         io = component.session.io_binding()
         io.bind_output("logits", "cpu")
+        for name in outputs:
+            io.bind_output(name, "cpu")
         keep = []
         typed = {n: np.asarray(v, dtype=component.input_types[n]) for n, v in feeds.items()}
         for name, value in {**_fill(component), **typed}.items():
@@ -170,9 +221,11 @@ class StaticKvCache:
                 view = ort.OrtValue.ortvalue_from_numpy(buf[row : row + 1])  # contiguous rows
                 keep.append(view)
                 io.bind_ortvalue_input(name, view)
-                io.bind_ortvalue_output(name.replace("past_key_values.", "present."), view)
+                io.bind_ortvalue_output(present_name(name), view)
         component.session.run_with_iobinding(io)
-        logits = io.get_outputs()[0].numpy()
+        values = io.get_outputs()
+        logits = values[0].numpy()
+        self.outputs = dict(zip(outputs, values[1 : 1 + len(outputs)], strict=True))
         del keep
         return logits
 

