@@ -30,6 +30,7 @@ KEYS = (
     ("decoder_init_ms", "prefill (ms)"),
     ("decode_step_e2e_ms", "decode step during the run (ms)"),
     ("decoder_step_ms", "decode step at 100 past tokens (ms)"),
+    ("floor_ms", "its memory-bandwidth floor, measured in the same process (ms)"),
     ("peak_rss_mb", "peak RSS (MiB)"),
     ("rss_after_load_mb", "RSS after load (MiB)"),
     ("load_s", "load (s)"),
@@ -60,7 +61,9 @@ def bench_once(
     ]
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return json.loads(out.read_text())
+    result = json.loads(out.read_text())
+    result.setdefault("floor_ms", float("nan"))  # a bench without --floor
+    return result
 
 
 def alternate(
@@ -75,6 +78,7 @@ def alternate(
     """``{"summary": {name: {metric: median}}, "bytes": {name: size}, "runs": ...}``;
     ``options[name]``: extra ``qgraph bench`` options for that bundle."""
     options = options or {}
+    loadavg_before = os.getloadavg()
     scratch.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict]] = {name: [] for name in bundles}
     for i in range(rounds):
@@ -91,6 +95,7 @@ def alternate(
     }
     return {
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+        "load_average": {"before": loadavg_before, "after": os.getloadavg()},
         "rounds": rounds,
         "steps": steps,
         "repeat": repeat,

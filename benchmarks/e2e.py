@@ -18,15 +18,21 @@ with qgraph's runtime default, one merged session. Results go to
 ``benchmarks/results/e2e.{json,md}``.
 
     python benchmarks/e2e.py --raw RAW --ours OURS [--public PUBLIC] [--rounds 3]
-                             [--extra NAME=DIR ...]
+                             [--extra NAME=DIR ...] [--options NAME=ARGS ...]
+    python benchmarks/e2e.py --report-only          # e2e.md again from e2e.json
 
-``--public`` reuses an earlier build of the public approach (built there if missing).
+``--public`` reuses an earlier build of the public approach (built there if missing). The
+table's ratios are against the public approach (the issue's targets are "x the public
+recipe"); each bundle's decode step is also shown beside its memory-bandwidth floor, measured by
+``qgraph bench`` in the same process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -126,8 +132,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--raw", type=Path, required=True, help="raw 0.6B-shape export")
-    ap.add_argument("--ours", type=Path, required=True, help="our compiled bundle (default)")
+    ap.add_argument("--raw", type=Path, help="raw 0.6B-shape export")
+    ap.add_argument("--ours", type=Path, help="our compiled bundle (default)")
     ap.add_argument("--public", type=Path, default=Path("benchmarks/work/public-int4"))
     ap.add_argument("--rounds", type=int, default=3, help="alternating A/B rounds")
     ap.add_argument(
@@ -137,19 +143,61 @@ def main() -> None:
         metavar="NAME=DIR",
         help="another bundle to time in the same rounds (e.g. a variant of ours)",
     )
+    ap.add_argument(
+        "--options",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="extra qgraph bench options for one bundle (e.g. 'static-pp=--prepack-dir DIR')",
+    )
+    ap.add_argument("--report-only", action="store_true", help="e2e.md from e2e.json")
     args = ap.parse_args()
+    if args.report_only:
+        report(json.loads((RESULTS / "e2e.json").read_text()))
+        return
+    if args.raw is None or args.ours is None:
+        ap.error("--raw and --ours are required (or --report-only)")
     extra = dict(spec.split("=", 1) for spec in args.extra)
     if not (args.public / "decoder_step.onnx").exists():
         build_public(args.raw, args.public)
-    bundles = {"ours": args.ours, "public": args.public}
+    bundles = {"public": args.public, "ours": args.ours}
     bundles.update({name: Path(folder) for name, folder in extra.items()})
     # the public recipe runs as its runtime does: two decoder sessions
     options = {"public": ["--separate-decoders"]}
+    for spec in args.options:
+        name, extra_args = spec.split("=", 1)
+        options[name] = options.get(name, []) + shlex.split(extra_args)
     result = alternate(bundles, args.rounds, RESULTS / "e2e-runs", options=options)
+    result["command"] = shlex.join(["python", *sys.argv])
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "e2e.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(result, {"ours": "ours (default)", "public": "public approach"})
-    (RESULTS / "e2e.md").write_text(table)
+    report(result)
+
+
+def report(result: dict) -> None:
+    """``e2e.md``: how it was run, then the table (ratios against the public approach)."""
+    load = result.get("load_average", {})
+    runs = result["runs"]
+    floors = {
+        name: statistics.median(r["decoder_step_ms"] / r["floor_ms"] for r in rs)
+        for name, rs in runs.items()
+    }
+    head = [
+        "# End to end at the 0.6B shapes: qgraph vs the public approach",
+        "",
+        f"{result['machine']}; `{result.get('command', 'python benchmarks/e2e.py ...')}`; "
+        f"load average before {load.get('before')}, after {load.get('after')}.",
+        "Random 0.6B weights; 11 s of the built-in speech, prefill, 30 decode steps, ORT 2 "
+        f"threads; {result['rounds']} alternating rounds of fresh `qgraph bench` processes "
+        "(medians). Ratios are against the public approach. Decode step over its floor "
+        "(median of per-run ratios): "
+        + ", ".join(f"{name} {x:.2f}x" for name, x in floors.items())
+        + ".",
+        "",
+    ]
+    labels = {"ours": "ours (default)", "public": "public approach"}
+    table = markdown(result, labels)
+    (RESULTS / "e2e.md").write_text("\n".join(head) + "\n" + table)
     print(table)
 
 

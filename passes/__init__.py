@@ -122,8 +122,8 @@ BUILTIN_PIPELINES = {
     ),
     "small": (
         "default,quantize-int8{roles=[encoder]},remove-unused",
-        "default with an INT8 encoder (dynamic, per-channel weights): at 0.6B 0.53x the public "
-        "recipe's peak memory and 0.77x its time (benchmarks/e2e.py); +1 pp WER on Whisper "
+        "default with an INT8 encoder (dynamic, per-channel weights): at 0.6B 0.51x the public "
+        "recipe's peak memory and 0.76x its time (benchmarks/e2e.py); +1 pp WER on Whisper "
         "tiny.en (benchmarks/whisper_table.py)",
     ),
     "fp16": (

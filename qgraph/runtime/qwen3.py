@@ -200,8 +200,9 @@ class AsrSession:
             return session_options(threads, optimization)
 
         prepack = self.prepack_dir
+        encoder_options = session_options(threads, optimization, arena=False)
         self.encoder = Component(
-            "encoder", paths["encoder"], options(), providers, prepack_dir=prepack
+            "encoder", paths["encoder"], encoder_options, providers, prepack_dir=prepack
         )
         merged = _open_merged(paths, options(), providers, prepack) if share_weights else None
         if merged is None:

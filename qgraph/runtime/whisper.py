@@ -97,7 +97,8 @@ class WhisperSession:
         pre = read_json(root, "preprocessor_config.json", required=False)
         self.tokenizer = load_tokenizer(root)
         providers = providers or ["CPUExecutionProvider"]
-        self.encoder = _component(root, ENCODER, session_options(threads, optimization), providers)
+        encoder_options = session_options(threads, optimization, arena=False)
+        self.encoder = _component(root, ENCODER, encoder_options, providers)
         self.decoder = _component(root, DECODER, session_options(threads, optimization), providers)
         required = {"input_ids", "encoder_hidden_states", USE_CACHE}
         self.past_names = [n for n in self.decoder.input_types if n.startswith("past_key_values.")]
