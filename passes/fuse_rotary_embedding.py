@@ -32,8 +32,8 @@ replayed, in order, on the half table. Tables are built once per source and shar
 every layer. ``x`` may be [B,H,S,D] (unsqueeze at axis 1) or [B,S,H,D] (unsqueeze at axis 2, run
 on a [B,S,H*D] view with ``num_heads``). The half size D/2 of the Slices / Split may be a
 constant or computed from static dims (``Shape -> Gather -> Div(2)``, Cast, Unsqueeze...: the
-TorchScript spelling of ``x[..., : x.shape[-1] // 2]``). cos/sin rows of batch 1 are broadcast
-to x's batch.
+TorchScript spelling of ``x[..., : x.shape[-1] // 2]``; ``qgraph.shapes`` makes it read as
+one). cos/sin rows of batch 1 are broadcast to x's batch.
 
 Partial rotation (the rotary on the first ``rd`` channels, the rest passed through)::
 
@@ -80,78 +80,12 @@ from qgraph.passes._rewrite import (
 )
 
 INT64 = ir.DataType.INT64
-_INT_TYPES = {t.value for t in ir.DataType if t.is_integer()}
 
 
-# -- small integer arithmetic on shapes ------------------------------------------------------------
-def _ints_array(value: ir.Value | None, depth: int = 0) -> np.ndarray | None:
-    """The int64 contents of ``value`` when it is a constant or computed from constants and static
-    dims (Shape, Gather, Div/Mul/Add/Sub, Cast, Unsqueeze/Squeeze/Reshape, Concat), else None."""
-    if value is None or depth > 16:
-        return None
-    arr = const_array(value)
-    if arr is not None:
-        return arr.astype(np.int64) if arr.dtype.kind in "iu" else None
-    node = value.producer()
-    if node is None or node.domain not in ("", "ai.onnx"):
-        return None
-    op = node.op_type
-    if op == "Shape":
-        dims = _shape_dims(node)
-        return None if dims is None or None in dims else np.asarray(dims, np.int64)
-    if op == "Gather" and (shape := producer(node.inputs[0], "Shape")) is not None:
-        dims, index = _shape_dims(shape), _ints_array(node.inputs[1], depth + 1)
-        if dims is None or index is None:
-            return None
-        table = np.asarray([-1 if d is None else d for d in dims], np.int64)
-        if not all(-len(dims) <= i < len(dims) for i in index.flat):
-            return None
-        picked = table[index]
-        return None if (picked < 0).any() else picked
-    args = [_ints_array(v, depth + 1) if v is not None else None for v in node.inputs]
-    if op in ("Identity", "Cast", "Unsqueeze", "Squeeze", "Reshape") and args[0] is None:
-        return None
-    if op == "Identity":
-        return args[0]
-    if op == "Cast":
-        return args[0] if int_attr(node, "to", 0) in _INT_TYPES else None
-    if op in ("Unsqueeze", "Squeeze"):
-        axes = args[1] if len(args) > 1 else ints_attr(node, "axes")
-        if op == "Unsqueeze":
-            return None if axes is None else np.expand_dims(args[0], tuple(int(a) for a in axes))
-        return np.squeeze(args[0], None if axes is None else tuple(int(a) for a in axes))
-    if op == "Reshape":
-        shape = args[1]
-        if shape is None or 0 in shape.tolist():
-            return None
-        return args[0].reshape(shape.tolist())
-    if op == "Gather" and args[0] is not None and args[1] is not None:
-        return np.take(args[0], args[1], axis=int_attr(node, "axis", 0))
-    if op == "Concat" and all(a is not None for a in args):
-        return np.concatenate(args, axis=int_attr(node, "axis", 0))
-    if op in ("Add", "Sub", "Mul", "Div") and args[0] is not None and args[1] is not None:
-        a, b = args
-        if op == "Div":  # ONNX integer division truncates toward zero
-            if (b == 0).any():
-                return None
-            return np.sign(a) * np.sign(b) * (np.abs(a) // np.abs(b))
-        return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](a, b)
-    return None
-
-
-def _shape_dims(node: ir.Node) -> list[int | None] | None:
-    """The dims a Shape node reads (its start/end applied), each an int or None if unknown."""
-    shape = node.inputs[0].shape
-    if shape is None:
-        return None
-    start, end = int_attr(node, "start", 0), node.attributes.get("end")
-    dims = [d if isinstance(d, int) else None for d in shape]
-    return dims[start : end.as_int() if end is not None else None]
-
-
+# -- small integer constants (shape arithmetic reads as constant: ``qgraph.shapes``) -------------
 def _ints(value: ir.Value | None) -> list[int] | None:
-    arr = _ints_array(value)
-    return None if arr is None else [int(v) for v in arr.reshape(-1)]
+    arr = const_array(value)
+    return None if arr is None or arr.dtype.kind not in "iu" else [int(v) for v in arr.reshape(-1)]
 
 
 def _slice_range(node: ir.Node, width: int, axis_rank: int) -> tuple[int, int] | None:
