@@ -22,7 +22,7 @@ fully masked row, so the result is the same (0 there) for any mask.
 
 Sizes computed at run time (TorchScript reads them through Shape nodes): the one unknown dim of
 a head split ``Reshape(x, [B, S, -1, D])`` is solved from the element count when the others are
-ints or symbols of ``x`` (``solve_split``); the head merge ``Reshape(o, [B, S, -1])`` is [B,S,H*D]
+ints or symbols of ``x`` (``qgraph.shapes``); the head merge ``Reshape(o, [B, S, -1])`` is [B,S,H*D]
 when every reader is ``MatMul(o, w)`` with H*D rows, else the merge stays in the graph after
 the fused op (its output is then split back to [B,S,H,D]).
 
@@ -188,60 +188,6 @@ def _stand_in(x: ir.Value, perm: list[int]) -> ir.Value:
     return ir.Value(shape=ir.Shape([x.shape[i] for i in perm]), type=x.type)
 
 
-def _known(d: object, names: set[str]) -> bool:
-    """An int dim, or a symbol the reshape's input also has (ONNX gives the same name only to
-    the same dim)."""
-    return isinstance(d, int) or (d is not None and d.value is not None and d.value in names)
-
-
-def solve_split(v: ir.Value) -> None:
-    """Solve the one unknown dim of a head split ``[Transpose(]Reshape(x)[, perm)]`` from the
-    element count, and write it on the Reshape's (and Transpose's) output shape: the other dims
-    of the output are ints or symbols of ``x``, so the unknown one is ``size(x)`` over their
-    product (an int, or the one symbol of ``x`` left over), e.g. TorchScript's
-    ``[B,S,64] -> [B,S,-1,16]`` read through ``Shape`` nodes gives 4 when ONNX's inference
-    named B and S but could not solve the -1. Only ever replaces an unknown dim."""
-    tr = producer(v, "Transpose")
-    reshape = producer(tr.inputs[0] if tr is not None else v, "Reshape")
-    if reshape is None or reshape.inputs[0] is None:
-        return
-    x, r = reshape.inputs[0], reshape.outputs[0]
-    if x.shape is None or r.shape is None:
-        return
-    xdims = list(x.shape)
-    if any(not isinstance(d, int) and d.value is None for d in xdims):
-        return
-    names = {d.value for d in xdims if not isinstance(d, int)}
-    dims = list(r.shape)
-    unknown = [i for i, d in enumerate(dims) if not _known(d, names)]
-    if len(unknown) != 1:
-        return
-    left_int = int(np.prod([d for d in xdims if isinstance(d, int)], dtype=np.int64))
-    left_names = [d.value for d in xdims if not isinstance(d, int)]
-    for i, d in enumerate(dims):
-        if i == unknown[0]:
-            continue
-        if isinstance(d, int):
-            if d == 0 or left_int % d:
-                return
-            left_int //= d
-        elif d.value in left_names:
-            left_names.remove(d.value)
-        else:
-            return
-    if not left_names:
-        solved: int | ir.SymbolicDim = left_int
-    elif len(left_names) == 1 and left_int == 1:
-        solved = ir.SymbolicDim(left_names[0])
-    else:
-        return
-    dims[unknown[0]] = solved
-    r.shape = ir.Shape(dims)
-    perm = ints_attr(tr, "perm") if tr is not None else None
-    if perm is not None and len(perm) == len(dims):
-        tr.outputs[0].shape = ir.Shape([dims[i] for i in perm])
-
-
 def _keys(kt: ir.Value, core: set[ir.Node]) -> tuple[ir.Value, ir.Value | None, float] | str:
     """The keys ([B,H,L,D]) behind ``kt`` = k^T ([B,H,D,L]), spelled as one of::
 
@@ -263,7 +209,6 @@ def _keys(kt: ir.Value, core: set[ir.Node]) -> tuple[ir.Value, ir.Value | None, 
     if tr is not None and ints_attr(tr, "perm") == [0, 2, 3, 1] and rank(tr.inputs[0]) == 4:
         core.add(tr)
         k4, f = _scale(tr.inputs[0], core)
-        solve_split(k4)
         if rank(k4) != 4:
             return "keys are not transposed on the last two axes"
         return _stand_in(k4, [0, 2, 1, 3]), k4, f
@@ -404,8 +349,6 @@ def match(sm: ir.Node) -> Attention | str:
             out, out_bsd = o, True
     past_k, k_new = _split_past(k_total)
     past_v, v_new = _split_past(v_total)
-    for t in (q, k_new, v_new):
-        solve_split(t)
     heads, head_dim, kv_heads = static_dim(q, 1), static_dim(q, 3), static_dim(k_new, 1)
     if None in (heads, head_dim, kv_heads) or any(rank(t) != 4 for t in (q, k_new, v_new)):
         return "heads or head size not static"

@@ -9,8 +9,9 @@ to ``[B, S, -1, D]``), so a matcher that needs a rank or a static size would ref
    (non-strict: an op it does not know, such as a contrib op, leaves its outputs as they are);
    symbolic dims keep their names, and unknown ones get ONNX's fresh ``unk__N`` names;
 2. **Reshape with -1**: the one dim ONNX leaves unknown is solved from the element count when
-   every other dim of input and output is an int or a named symbol and the symbols of both
-   sides are the same multiset (``[B,S,64] -> [B,S,-1,16]`` gives 4), then step 1 runs again;
+   every other dim of the output is an int or a symbol of the input (ONNX's ``unk__N`` names
+   included: TorchScript's ``[unk__5, unk__6, 64] -> [unk__5, unk__6, -1, 16]`` gives 4), as
+   an int, or as the one symbol of the input left over; then step 1 runs again;
 3. **index tensors built from sizes**: small integer values computed from ``Shape`` are
    evaluated symbolically (a named dim stays its name), and the outputs ONNX leaves unknown get
    their dims from them: ``Range(0, S, 1)`` has ``S`` elements, ``Slice(x, 0, S)`` along a
@@ -104,13 +105,12 @@ def _values(model: ir.Model) -> Iterator[ir.Value]:
 
 
 def _incomplete(model: ir.Model) -> bool:
-    """True when some node output lacks a type, a shape, or a dim with a name or size."""
+    """True when some node output lacks a type, a shape, or a dim with a size or a name that
+    is not ONNX's ``unk__N``."""
     for graph in model.graphs():
         for node in graph:
             for v in node.outputs:
-                if v.type is None or v.shape is None:
-                    return True
-                if any(not isinstance(d, int) and d.value is None for d in v.shape):
+                if v.type is None or v.shape is None or any(map(_unknown, v.shape)):
                     return True
     return False
 
@@ -159,17 +159,27 @@ def _solve_reshapes(model: ir.Model) -> bool:
             data, out = node.inputs[0], node.outputs[0]
             if data is None or data.shape is None or out.shape is None:
                 continue
-            dims = list(out.shape)
-            unknown = [i for i, d in enumerate(dims) if not isinstance(d, int) and _anonymous(d)]
+            have = _factors(list(data.shape))
+            if have is None:
+                continue
+            dims = list(out.shape)  # a dim of the input's (even ``unk__N``) is known here
+            unknown = [
+                i
+                for i, d in enumerate(dims)
+                if not isinstance(d, int) and _anonymous(d) and have[1][d.value] == 0
+            ]
             if len(unknown) != 1:
                 continue
-            rest = dims[: unknown[0]] + dims[unknown[0] + 1 :]
-            have, want = _factors(list(data.shape)), _factors(rest)
-            if have is None or want is None or have[1] != want[1] or want[0] == 0:
+            want = _factors(dims[: unknown[0]] + dims[unknown[0] + 1 :])
+            if want is None or want[0] == 0 or have[0] % want[0] or want[1] - have[1]:
                 continue
-            if have[0] % want[0]:
+            left = have[1] - want[1]
+            if not left:
+                dims[unknown[0]] = have[0] // want[0]
+            elif left.total() == 1 and have[0] == want[0]:
+                dims[unknown[0]] = ir.SymbolicDim(next(iter(left)))
+            else:
                 continue
-            dims[unknown[0]] = have[0] // want[0]
             out.shape = ir.Shape(dims)
             solved = True
     return solved
