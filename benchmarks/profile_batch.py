@@ -31,7 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from profile_step import GROUPS, profiled_options
+from profile_step import GROUPS, profiled_options, write_json
 
 import qgraph.runtime.qwen3 as qwen3
 from qgraph.runtime.batch import _cache
@@ -174,21 +174,8 @@ def main() -> None:
             results[name] = profiled.collect()
             for size, row in results[name].items():
                 print(name, size, {k: round(v, 2) for k, v in sorted(row.items())}, flush=True)
-    load_after = os.getloadavg()
     out = RESULTS / args.out
-    out.with_suffix(".json").write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "load_average_before": load_before,
-                "load_average_after": load_after,
-                "results": results,
-            },
-            indent=2,
-            default=str,
-        )
-        + "\n"
-    )
+    load_after = write_json(out, args, load_before, results)
     lines = [
         "# Profile of a batched decode step per batch size (ONNX Runtime profiler, attributed)",
         "",

@@ -74,13 +74,27 @@ ORDER = [
 
 
 def profiled_options(prefix: str):
-    def options(threads, optimization):
-        o = session_options(threads, optimization)
+    def options(threads, optimization, **kwargs):
+        o = session_options(threads, optimization, **kwargs)
         o.enable_profiling = True
         o.profile_file_prefix = prefix
         return o
 
     return options
+
+
+def write_json(out: Path, args: argparse.Namespace, load_before: tuple, results: dict) -> tuple:
+    """``out.json``: the arguments, the load average around the run and the results; returns
+    the load average after."""
+    load_after = os.getloadavg()
+    record = {
+        "args": vars(args),
+        "load_average_before": load_before,
+        "load_average_after": load_after,
+        "results": results,
+    }
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    return load_after
 
 
 def attribute(events: list[dict]) -> list[dict[str, float]]:
@@ -175,21 +189,8 @@ def main() -> None:
             Path(folder), args.past, args.steps, args.audio_seconds, args.threads
         )
         print(name, {k: round(v, 2) for k, v in results[name]["step"].items()}, flush=True)
-    load_after = os.getloadavg()
     out = RESULTS / args.out
-    out.with_suffix(".json").write_text(
-        json.dumps(
-            {
-                "args": vars(args),
-                "load_average_before": load_before,
-                "load_average_after": load_after,
-                "results": results,
-            },
-            indent=2,
-            default=str,
-        )
-        + "\n"
-    )
+    load_after = write_json(out, args, load_before, results)
     lines = [
         "# Profile of the decode step and the prefill (ONNX Runtime profiler, attributed)",
         "",
