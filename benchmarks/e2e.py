@@ -174,6 +174,10 @@ def main() -> None:
     report(result)
 
 
+def _loads(values: list[float] | None) -> str:
+    return "/".join(f"{v:.1f}" for v in values) if values else "not recorded"
+
+
 def report(result: dict) -> None:
     """``e2e.md``: how it was run, then the table (ratios against the public approach)."""
     load = result.get("load_average", {})
@@ -186,7 +190,7 @@ def report(result: dict) -> None:
         "# End to end at the 0.6B shapes: qgraph vs the public approach",
         "",
         f"{result['machine']}; `{result.get('command', 'python benchmarks/e2e.py ...')}`; "
-        f"load average before {load.get('before')}, after {load.get('after')}.",
+        f"load average before {_loads(load.get('before'))}, after {_loads(load.get('after'))}.",
         "Random 0.6B weights; 11 s of the built-in speech, prefill, 30 decode steps, ORT 2 "
         f"threads; {result['rounds']} alternating rounds of fresh `qgraph bench` processes "
         "(medians). Ratios are against the public approach. Decode step over its floor "
